@@ -112,6 +112,9 @@ def config_from_hf(hf: dict) -> ElectraConfig:
     task = extra.get("task", task)
     # Pre-training heads have no labels; Hugging Face fills id2label with LABEL_0, LABEL_1 regardless.
     labels = [] if task in ("discriminator", "generator") else _labels(hf)
+    slot_labels = extra.get("slot_labels", [])
+    if task == "token":  # a token classifier's id2label holds its tags
+        labels, slot_labels = [], labels
     try:
         return ElectraConfig(
             vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -121,7 +124,7 @@ def config_from_hf(hf: dict) -> ElectraConfig:
             max_position=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), pad_token_id=hf.get("pad_token_id", 0),
-            task=task, labels=labels, slot_labels=extra.get("slot_labels", []))
+            task=task, labels=labels, slot_labels=slot_labels)
     except KeyError as e:
         raise CheckpointError(f"config.json lacks {e.args[0]!r}; is this an ELECTRA or BERT checkpoint?") from e
 
@@ -139,7 +142,7 @@ def config_to_hf(cfg: ElectraConfig) -> dict:
         "summary_last_dropout": 0.1, "position_embedding_type": "absolute",
         "edge_electra": {"task": cfg.task, "slot_labels": cfg.slot_labels},
     }
-    labels = cfg.labels if cfg.task != "token" else (cfg.slot_labels or cfg.labels)
+    labels = cfg.slot_labels if cfg.task == "token" else cfg.labels
     if labels:
         hf["id2label"] = {str(i): label for i, label in enumerate(labels)}
         hf["label2id"] = {label: i for i, label in enumerate(labels)}

@@ -26,8 +26,8 @@ class ElectraConfig:
     attention_dropout: float = 0.1
     pad_token_id: int = 0
     task: Task = "sequence"
-    labels: list[str] = field(default_factory=list)
-    slot_labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # intents, for sequence and joint heads
+    slot_labels: list[str] = field(default_factory=list)  # BIO tags, for token and joint heads
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

@@ -152,7 +152,7 @@ HEADS = {
     "discriminator": lambda cfg, encoder: DiscriminatorHead(cfg),
     "generator": lambda cfg, encoder: GeneratorHead(cfg, encoder.embeddings.word),
     "sequence": lambda cfg, encoder: SequenceHead(cfg, cfg.num_labels),
-    "token": lambda cfg, encoder: TokenHead(cfg, len(cfg.slot_labels) or cfg.num_labels),
+    "token": lambda cfg, encoder: TokenHead(cfg, len(cfg.slot_labels)),
     "joint": lambda cfg, encoder: JointHead(cfg),
 }
 

@@ -1,0 +1,114 @@
+"""Bundles: round trip, every kind of damage caught with a message naming the file, atomic writes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edge_electra.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle
+from edge_electra.errors import BundleError
+from edge_electra.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train(["turn on the lights", "play some music", "what time is it"], vocab_size=60)
+
+
+def manifest(**changes):
+    fields = dict(task="sequence", labels=["lights", "music", "time"], backend="onnx-mobile", precision="fp32",
+                  inputs=[TensorSpec("input_ids", "int64", [[1, 8], [1, 128]])],
+                  outputs=[TensorSpec("logits", "float32", [[1, 8], 3])], tokenizer={"max_length": 128})
+    return Manifest(**{**fields, **changes})
+
+
+@pytest.fixture
+def bundle(tmp_path, tokenizer):
+    (tmp_path / "model.onnx").write_bytes(os.urandom(4096))
+    return write_bundle(tmp_path / "b", manifest(), {"model.onnx": tmp_path / "model.onnx"}, tokenizer)
+
+
+def test_round_trip(bundle, tokenizer):
+    loaded = Bundle.load(bundle)
+    assert loaded.manifest.labels == ["lights", "music", "time"]
+    assert loaded.manifest.inputs[0].shape == [[1, 8], [1, 128]]
+    assert set(loaded.manifest.files) == {"model.onnx", "tokenizer.json"}
+    assert loaded.manifest.format_version == FORMAT_VERSION
+    assert "tokenizers" in loaded.manifest.versions
+    assert loaded.tokenizer().tokenize("turn on the lights") == tokenizer.tokenize("turn on the lights")
+    assert "onnx-mobile" in loaded.summary()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: (b / "model.onnx").unlink(), "model.onnx is missing"),
+    (lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:100]), "model.onnx is corrupt"),
+    (lambda b: (b / "tokenizer.json").write_text("{}"), "tokenizer.json is corrupt"),
+    (lambda b: (b / "manifest.json").unlink(), "manifest.json is missing"),
+    (lambda b: (b / "manifest.json").write_text((b / "manifest.json").read_text()[:50]), "malformed"),
+    (lambda b: (b / "manifest.json").write_text("[]"), "malformed"),
+])
+def test_damage_is_caught(bundle, damage, message):
+    damage(bundle)
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(bundle)
+
+
+def test_bit_flip_is_caught(bundle):
+    data = bytearray((bundle / "model.onnx").read_bytes())
+    data[1000] ^= 0x01
+    (bundle / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model.onnx is corrupt"):
+        Bundle.load(bundle)
+
+
+def test_newer_format_is_refused(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["format_version"] = FORMAT_VERSION + 1
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="newer than this edge-electra reads"):
+        Bundle.load(bundle)
+
+
+def test_manifest_cannot_point_outside(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["files"]["../escape"] = "0" * 64
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.load(bundle)
+
+
+def test_failed_rewrite_keeps_the_old_bundle(bundle, tmp_path, tokenizer):
+    before = (bundle / "manifest.json").read_text()
+    with pytest.raises(FileNotFoundError):
+        write_bundle(bundle, manifest(), {"model.onnx": tmp_path / "does-not-exist.onnx"}, tokenizer)
+    assert (bundle / "manifest.json").read_text() == before
+    Bundle.load(bundle)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_killed_writer_leaves_no_partial_bundle(tmp_path):
+    """SIGKILL a writer in the middle of copying a large file: no bundle, or a complete one."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    script = textwrap.dedent(f"""
+        import sys
+        from edge_electra.bundle import Manifest, write_bundle
+        from edge_electra.tokenizer import Tokenizer
+        tok = Tokenizer.train(["a b c"], vocab_size=30)
+        m = Manifest(task="sequence", labels=["a"], backend="onnx-mobile", precision="fp32", inputs=[], outputs=[],
+                     tokenizer={{}})
+        print("start", flush=True)
+        write_bundle({str(tmp_path / "out")!r}, m, {{"model.onnx": {str(big)!r}}}, tok)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if (tmp_path / "out").exists():
+        Bundle.load(tmp_path / "out")
+    else:
+        with pytest.raises(BundleError, match="not found"):
+            Bundle.load(tmp_path / "out")
