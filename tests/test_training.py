@@ -1,0 +1,169 @@
+"""ELECTRA pre-training: packing, replaced-token detection, metrics, exact resume, SIGKILL, DDP on gloo."""
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edge_electra import dataclass_io
+from edge_electra.config import preset
+from edge_electra.model import Electra
+from edge_electra.tokenizer import Tokenizer
+from edge_electra.training import PretrainConfig, pretrain, state
+from edge_electra.training.evaluate import classification_report, roc_auc, slot_f1, spans
+from edge_electra.training.packing import Packer, token_ids
+from edge_electra.training.pretrain import ReplacedTokenDetection
+
+WORDS = "turn on the lights play some jazz what is weather in paris will it rain tomorrow set an alarm for seven".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, rng.integers(3, 12))) for _ in range(300)]
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "corpus.txt").write_text("\n".join(lines) + "\n")
+    Tokenizer.train(lines, vocab_size=120).save_pretrained(folder)
+    return folder
+
+
+def tiny_config(corpus, out, **changes):
+    settings = dict(preset="tiny", tokenizer=str(corpus), seq_len=32, batch_size=4, steps=6, warmup_steps=2,
+                    log_every=1, save_every=3, device="cpu", threads=1, plot=False)
+    return PretrainConfig(corpus=[str(corpus / "corpus.txt")], out=str(out), **{**settings, **changes})
+
+
+def test_roc_auc_equals_the_pairwise_probability():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    labels = rng.random(200) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert roc_auc(scores, labels) == pytest.approx(pairwise)
+    assert np.isnan(roc_auc(scores, np.zeros(200)))
+
+
+def test_classification_report_and_slot_spans():
+    labels = ["a", "b", "oos"]
+    report = classification_report(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0]), labels)
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    assert report["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert report["oos_recall"] == pytest.approx(0.5)
+    assert report["macro_f1"] == pytest.approx(np.mean([0.5, 2 / 3, 2 / 3]))
+    assert spans(["B-city", "I-city", "O", "I-date"]) == {("city", 0, 2), ("date", 3, 4)}
+    assert slot_f1([["B-city", "I-city", "O"]], [["B-city", "O", "O"]]) == 0.0
+    assert slot_f1([["B-city", "O", "B-date"]], [["B-city", "O", "O"]]) == pytest.approx(2 / 3)
+
+
+def test_packed_blocks_are_full_and_resume_where_they_stopped(corpus):
+    tok = Tokenizer.from_pretrained(corpus)
+    lines = (corpus / "corpus.txt").read_text().splitlines()
+    stream = token_ids(tok, lines)
+    packer = Packer([corpus / "corpus.txt"], tok, seq_len=32)
+    blocks, states = [], []
+    for block in itertools.islice(packer, 40):
+        blocks.append(block)
+        states.append(packer.state())
+    assert all(len(b) == 32 for b in blocks)
+    assert np.concatenate(blocks).tolist() == (stream * 2)[:40 * 32]  # no padding, wraps to a second pass
+    resumed = Packer([corpus / "corpus.txt"], tok, seq_len=32, state=states[9])
+    assert [b.tolist() for b in itertools.islice(resumed, 30)] == [b.tolist() for b in blocks[10:]]
+
+
+def test_rtd_shares_embeddings_and_replaces_only_masked_tokens():
+    torch.manual_seed(0)
+    disc = Electra(preset("tiny", vocab_size=60, task="discriminator"))
+    gen = Electra(disc.config.generator(0.5))
+    rtd = ReplacedTokenDetection(disc, gen, special_ids=[2, 3, 0], mask_id=4)
+    assert gen.encoder.embeddings.word is disc.encoder.embeddings.word
+    assert gen.head.word_embeddings is disc.encoder.embeddings.word
+    ids = torch.randint(5, 60, (3, 40))
+    ids[:, 0], ids[:, 20] = 2, 3
+    out = rtd(ids)
+    replaced = out["replaced"].bool()
+    assert not replaced[:, [0, 20]].any()                       # special tokens are never masked
+    assert (replaced.sum(1) <= round(0.15 * 40)).all() and replaced.any()
+    out["loss"].backward()
+    assert disc.encoder.embeddings.word.weight.grad.abs().sum() > 0
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = PretrainConfig(corpus=["a.txt"], steps=10, init="ckpt")
+    dataclass_io.save(cfg, tmp_path / "c.toml")
+    assert dataclass_io.load(PretrainConfig, tmp_path / "c.toml") == cfg
+
+
+def test_interrupted_run_resumes_with_identical_losses(corpus, tmp_path, monkeypatch):
+    straight = pretrain(tiny_config(corpus, tmp_path / "straight", plot=True))
+    calls = []
+    real_save = state.save_state
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt  # the process dies just after its first checkpoint (step 3)
+
+    monkeypatch.setattr(state, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(corpus, tmp_path / "killed"))
+    monkeypatch.setattr(state, "save_state", real_save)
+    assert state.load_state(tmp_path / "killed")["step"] == 3
+    resumed = pretrain(tiny_config(corpus, tmp_path / "killed"))
+
+    rows = lambda run: [json.loads(l) for l in (run.parent / "metrics.jsonl").read_text().splitlines()]
+    keys = ("step", "loss", "mlm", "rtd", "gen_accuracy", "disc_accuracy")
+    assert [[r[k] for k in keys] for r in rows(straight)] == [[r[k] for k in keys] for r in rows(resumed)]
+    assert len(rows(resumed)) == 6
+    from safetensors.torch import load_file
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight.parent / "generator" / "config.json").exists() and (straight.parent / "curves.png").exists()
+
+
+def test_sigkill_mid_run_leaves_a_loadable_checkpoint(corpus, tmp_path):
+    cfg = tiny_config(corpus, tmp_path / "run", steps=100_000, save_every=1, log_every=50)
+    dataclass_io.save(cfg, tmp_path / "cfg.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_electra.training.pretrain", "--config", str(tmp_path / "cfg.toml")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "run" / "state.pt").exists():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = state.load_state(tmp_path / "run")
+    assert saved is not None, proc.stderr.read().decode()[-2000:]
+    assert saved["step"] >= 1 and set(saved["rng"]) >= {"python", "numpy", "torch"}
+    final = pretrain(tiny_config(corpus, tmp_path / "run", steps=saved["step"] + 1, save_every=1))
+    assert state.load_state(tmp_path / "run")["step"] == saved["step"] + 1 and final.exists()
+
+
+def test_two_gloo_processes_train_with_ddp(corpus, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "edge_electra.training.pretrain", str(corpus / "corpus.txt"), "--out", str(tmp_path / "ddp"),
+           "--preset", "tiny", "--tokenizer", str(corpus), "--seq-len", "32", "--batch-size", "2", "--steps", "3",
+           "--warmup-steps", "1", "--log-every", "1", "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stderr
+    rows = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    assert (tmp_path / "ddp" / "discriminator" / "model.safetensors").exists()
+
+
+def test_init_continues_from_saved_discriminator_and_generator(corpus, tmp_path):
+    from edge_electra.checkpoint import load_pretrained
+    from edge_electra.training.pretrain import build
+    first = pretrain(tiny_config(corpus, tmp_path / "first", steps=1))
+    disc, gen, tok = build(tiny_config(corpus, tmp_path / "again", init=str(first), tokenizer=None))
+    for model, folder in [(disc, first), (gen, first.parent / "generator")]:
+        saved = load_pretrained(folder)[0].state_dict()
+        assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert tok.vocab_size == disc.config.vocab_size
