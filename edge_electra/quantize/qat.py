@@ -1,0 +1,151 @@
+"""Quantization-aware training: fine-tune the student with INT8 rounding in the loop, distilled from its FP32 self.
+
+Every Linear gets fake quantization: its weight per output channel (symmetric, as ONNX Runtime quantizes
+MatMul weights) and its input per tensor with a running abs-max range. Rounding uses the straight-through
+estimator. The loss is KL(frozen FP32 copy || student) on temperature-softened logits, plus cross-entropy
+when labels are given. The result is exported to the same Q/DQ ONNX as post-training quantization, with
+the ranges learned during training pinned on the Linear inputs.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset
+from ..errors import DataError
+from ..export import ExportConfig, export_onnx
+from .static import StaticQuantConfig, quantize_static
+
+QMAX = 127
+
+
+@dataclass
+class QATConfig:
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-5
+    temperature: float = 1.0         # 1 keeps the student's top-1 closest to the FP32 model's
+    label_weight: float = 0.5        # weight of cross-entropy on labels (when the data has them)
+    range_momentum: float = 0.95     # running abs-max of each Linear input
+    max_length: int = 64
+    seed: int = 0
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric INT8 round trip; gradients pass straight through the rounding."""
+    q = torch.clamp(torch.round(x / scale), -QMAX, QMAX) * scale
+    return x + (q - x).detach()
+
+
+class FakeQuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, momentum: float):
+        super().__init__()
+        self.linear = linear
+        self.momentum = momentum
+        self.register_buffer("input_absmax", torch.zeros(()))
+
+    def forward(self, x):
+        if self.training:
+            current = x.detach().abs().max()
+            seen = self.input_absmax > 0
+            self.input_absmax.copy_(torch.where(seen, self.momentum * self.input_absmax
+                                                + (1 - self.momentum) * current, current))
+        x = fake_quantize(x, self.input_absmax.clamp(min=1e-8) / QMAX)
+        w = self.linear.weight
+        w = fake_quantize(w, w.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / QMAX)
+        return F.linear(x, w, self.linear.bias)
+
+
+def insert_fake_quant(model: nn.Module, momentum: float) -> dict[str, FakeQuantLinear]:
+    """Wrap every Linear of `model` in place; returns them by module path."""
+    wrapped = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                path = f"{name}.{child_name}" if name else child_name
+                wrapped[path] = FakeQuantLinear(child, momentum)
+                setattr(module, child_name, wrapped[path])
+    return wrapped
+
+
+def remove_fake_quant(model: nn.Module) -> None:
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, FakeQuantLinear):
+                setattr(module, child_name, child.linear)
+
+
+def _range_overrides(onnx_path: Path, ranges: dict[str, float]) -> dict:
+    """Pin the learned input range of each Linear on its MatMul/Gemm input tensor in the exported graph."""
+    import onnx
+    overrides = {}
+    for node in onnx.load(str(onnx_path)).graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+            if module in ranges and ranges[module] > 0:
+                r = np.float32(ranges[module])
+                overrides[node.input[0]] = [{"rmin": -r, "rmax": r}]
+    return overrides
+
+
+def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[dict[str, np.ndarray]],
+        config: QATConfig = QATConfig(), quant: StaticQuantConfig = StaticQuantConfig()) -> Path:
+    """Fine-tune with fake quantization and write the Q/DQ INT8 ONNX model to `out_onnx`.
+
+    `train_data` is a Dataset (labels used when present) or a list of texts (pure self-distillation).
+    """
+    if isinstance(checkpoint_or_model, (str, Path)):
+        from ..checkpoint import load_pretrained
+        model, _ = load_pretrained(checkpoint_or_model)
+    else:
+        model = copy.deepcopy(checkpoint_or_model)
+    texts = train_data.texts if isinstance(train_data, Dataset) else list(train_data)
+    labels = (train_data.label_ids() if isinstance(train_data, Dataset) and train_data.labels
+              and all(e.label is not None for e in train_data.examples) else None)
+    if len(texts) < config.batch_size:
+        raise DataError(f"QAT needs at least {config.batch_size} training texts (batch_size), got {len(texts)}")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    teacher = copy.deepcopy(model).eval()
+    wrapped = insert_fake_quant(model, config.range_momentum)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    order: list[int] = []
+    with click.progressbar(range(config.steps), label="quantization-aware training",
+                           file=click.get_text_stream("stderr")) as bar:
+        for _ in bar:
+            if len(order) < config.batch_size:
+                order += rng.sample(range(len(texts)), len(texts))
+            batch, order = order[:config.batch_size], order[config.batch_size:]
+            feeds = {k: torch.from_numpy(v) for k, v in
+                     tokenizer([texts[i] for i in batch], max_length=config.max_length).arrays().items()}
+            with torch.no_grad():
+                target = _first(teacher(**feeds))
+            logits = _first(model(**feeds))
+            t = config.temperature
+            loss = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(target / t, -1),
+                            log_target=True, reduction="batchmean") * t * t
+            if labels is not None and config.label_weight:
+                loss = loss + config.label_weight * F.cross_entropy(logits, torch.tensor([labels[i] for i in batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    ranges = {name: float(m.input_absmax) for name, m in wrapped.items()}
+    remove_fake_quant(model)
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="edge-electra-qat.") as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "qat-fp32.onnx", ExportConfig(optimize=False)).path
+        return quantize_static(fp32, out_onnx, calibration, quant, range_overrides=_range_overrides(fp32, ranges))
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
