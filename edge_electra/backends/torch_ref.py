@@ -1,0 +1,63 @@
+"""The PyTorch reference: eager FP32 from the Hugging Face-layout checkpoint stored in the bundle.
+
+Every benchmark compares against it. The only runner allowed to import torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError, ConfigError
+from . import register
+from .base import Backend, CompiledModel, check_feeds
+
+FILES = ("config.json", "model.safetensors")
+
+
+class TorchRunner:
+    def __init__(self, folder: Path, device: str, threads: int):
+        import torch
+        from ..checkpoint import load_pretrained
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = device
+        self.model, _ = load_pretrained(folder)
+        self.model.eval().to(device)
+        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        self.output_names = list(self.model.output_names)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+        check_feeds(self.input_names, feeds)
+        with torch.inference_mode():
+            outputs = self.model(*(torch.as_tensor(feeds[n], dtype=torch.long, device=self.device)
+                                   for n in self.input_names))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, outputs)}
+
+
+@register("torch")
+class TorchBackend(Backend):
+    extra = "train"
+    requires = ("torch", "safetensors")
+
+    def compile(self, request, workdir: Path) -> CompiledModel:
+        from ..checkpoint import save_pretrained
+        if request.precision != "fp32":
+            raise ConfigError(f"the torch reference runs fp32 only, not {request.precision}")
+        folder = save_pretrained(request.model, workdir / "checkpoint")
+        runtime = {"device": request.target.runtime.get("device", "cpu"), "threads": request.target.threads}
+        return CompiledModel(files={name: folder / name for name in FILES}, precision="fp32", runtime=runtime)
+
+    def load(self, bundle, threads: int | None = None, device: str | None = None, **_) -> TorchRunner:
+        for name in FILES:
+            bundle.file(name)
+        runtime = bundle.manifest.runtime
+        try:
+            return TorchRunner(bundle.path, device or runtime.get("device", "cpu"),
+                               runtime.get("threads", 0) if threads is None else threads)
+        except ImportError as e:
+            raise BundleError(f"{bundle.path} needs torch to run: pip install 'edge-electra[train]'") from e

@@ -1,0 +1,207 @@
+"""compile end to end on tiny models: onnx-mobile, openvino and the torch reference; outputs match torch."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_electra.backends import get_backend  # noqa: E402
+from edge_electra.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
+from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.compile import Candidate, _choose, compile_bundle  # noqa: E402
+from edge_electra.config import preset  # noqa: E402
+from edge_electra.errors import ConfigError  # noqa: E402
+from edge_electra.model import Electra  # noqa: E402
+from edge_electra.targets import load_target  # noqa: E402
+from edge_electra.tokenizer import Tokenizer  # noqa: E402
+
+INTENTS = {
+    "lights": ["turn on the lights", "switch the kitchen lamp on", "lights on in the bedroom please"],
+    "music": ["play some jazz", "put on music by the beatles", "play my workout playlist"],
+    "weather": ["what is the weather in paris", "will it rain tomorrow", "how cold is it outside"],
+}
+TEXTS = [t for ts in INTENTS.values() for t in ts]
+PROBES = ["turn the lamp on in the kitchen please", "play jazz", "will it be cold in paris tomorrow or not"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_ELECTRA_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("compile")
+    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
+    torch.manual_seed(0)
+    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=64, labels=list(INTENTS))).eval()
+    folder = save_pretrained(model, root / "ckpt", tokenizer=tokenizer)
+    calibration = root / "calibration.txt"
+    calibration.write_text("\n".join(TEXTS * 2) + "\n")
+    labelled = root / "eval.jsonl"
+    labelled.write_text("".join(json.dumps({"text": t, "label": label}) + "\n"
+                                for label, ts in INTENTS.items() for t in ts))
+    return {"folder": folder, "calibration": calibration, "eval": labelled, "model": model, "tokenizer": tokenizer}
+
+
+def torch_outputs(model, feeds):
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")))
+    return out.numpy()
+
+
+def check_matches_torch(bundle, ck, atol, batch_texts=PROBES):
+    runner = get_backend(bundle.manifest.backend).load(bundle)
+    feeds = ck["tokenizer"](batch_texts, buckets=bundle.manifest.tokenizer["buckets"]).arrays()
+    got = runner.run(feeds)[runner.output_names[0]]
+    expected = torch_outputs(ck["model"], feeds)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=atol)
+    return runner
+
+
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8-dynamic": 5e-2, "int8-static": 5e-2}
+
+
+def test_onnx_mobile_auto_keeps_the_fastest_within_budget(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "x86-avx2-cpu", tmp_path / "bundle",
+                          calibration=checkpoint["calibration"], eval_data=checkpoint["eval"], threads=1)
+    bundle = Bundle.load(path)
+    m = bundle.manifest
+    profile = load_target("x86-avx2-cpu")
+    assert [c["precision"] for c in m.candidates] == profile.precisions
+    built = [c for c in m.candidates if not c["error"]]
+    assert len(built) == len(profile.precisions)
+    assert all(c["latency_ms"] > 0 and c["size_bytes"] > 0 for c in built)
+    passing = [c for c in built if c["passed"]]
+    assert m.precision == min(passing, key=lambda c: c["latency_ms"])["precision"]
+    assert m.accuracy["passed"] and m.accuracy["accuracy_fp32"] is not None   # labelled eval: real accuracy
+    assert {"model.ort", "required_operators.config", "report.json", "tokenizer.json"} <= set(m.files)
+    assert "ai.onnx;" in bundle.file("required_operators.config").read_text()
+    assert m.source["sha256"] == sha256(checkpoint["folder"] / "model.safetensors")
+    assert m.tokenizer["buckets"] == [16, 32, 64] and m.tokenizer["max_length"] == 64   # cut to 64 positions
+    assert m.versions["onnxruntime"] and m.runtime["execution_providers"] == ["CPUExecutionProvider"]
+    assert [(t.name, t.shape) for t in m.inputs][0] == ("input_ids", [[1, 32], [8, 64]])
+    assert [(t.name, t.shape) for t in m.outputs] == [("logits", [[1, 32], len(INTENTS)])]
+    report = json.loads(bundle.file("report.json").read_text())
+    assert report["op_coverage"]["CPUExecutionProvider"]["source"].startswith("onnxruntime partitioning")
+    check_matches_torch(bundle, checkpoint, TOLERANCE[m.precision])
+
+
+def test_android_fixed_shapes_nnapi_report_and_predictor(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "android-arm64", tmp_path / "android", precision="fp32",
+                          calibration=checkpoint["calibration"], threads=1)
+    bundle = Bundle.load(path)
+    m = bundle.manifest
+    assert [v["seq"] for v in m.runtime["variants"]] == [32, 64] and {"model.s32.ort", "model.s64.ort"} <= set(m.files)
+    assert m.runtime["execution_providers"][0] == "NnapiExecutionProvider"
+    coverage = json.loads(bundle.file("report.json").read_text())["op_coverage"]
+    assert "nnapi_supported_ops.md" in coverage["NnapiExecutionProvider"]["source"]
+    assert "XNNPACK EP docs" in coverage["XnnpackExecutionProvider"]["source"]
+    assert 0 < coverage["NnapiExecutionProvider"]["supported_nodes"] <= coverage["NnapiExecutionProvider"]["nodes"]
+    # batch 3 on a batch-1 model: run in chunks; NNAPI is absent here, so ORT fell back to CPU and says so.
+    runner = check_matches_torch(bundle, checkpoint, 1e-4)
+    assert runner.providers == ["CPUExecutionProvider"]
+    with pytest.raises(ConfigError, match="sequence lengths \\[32, 64\\]"):
+        runner.run(checkpoint["tokenizer"](["play jazz"]).arrays())
+    from edge_electra.predictor import Predictor
+    predictions = Predictor.load(path).predict_batch(PROBES)
+    assert [p.label for p in predictions] == [list(INTENTS)[i] for i in
+                                               torch_outputs(checkpoint["model"], checkpoint["tokenizer"](
+                                                   PROBES).arrays()).argmax(-1)]
+
+
+def test_ios_fp16_fixed_shapes_with_coreml_report(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "ios-arm64", tmp_path / "ios", precision="fp16",
+                          calibration=checkpoint["calibration"], threads=1)
+    bundle = Bundle.load(path)
+    assert bundle.manifest.precision == "fp16"
+    assert bundle.manifest.runtime["provider_options"]["CoreMLExecutionProvider"]["ModelFormat"] == "MLProgram"
+    coverage = json.loads(bundle.file("report.json").read_text())["op_coverage"]
+    assert "coreml_supported_mlprogram_ops.md" in coverage["CoreMLExecutionProvider"]["source"]
+    check_matches_torch(bundle, checkpoint, TOLERANCE["fp16"])
+
+
+def test_openvino_auto_int8_and_fp32(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "x86-vnni-cpu", tmp_path / "ov", calibration=checkpoint["calibration"], threads=1)
+    bundle = Bundle.load(path)
+    m = bundle.manifest
+    assert [c["precision"] for c in m.candidates] == ["int8-static", "fp32"]
+    assert all(not c["error"] for c in m.candidates), m.candidates
+    assert {"model.xml", "model.bin"} <= set(m.files) and m.runtime["device"] == "CPU"
+    assert m.versions["openvino"] and m.versions["nncf"]
+    runner = check_matches_torch(bundle, checkpoint, TOLERANCE[m.precision])
+    assert runner.device == "CPU"
+
+
+def test_openvino_npu_fixed_fp16_falls_back_to_cpu_here(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "intel-npu", tmp_path / "npu", precision="fp16",
+                          calibration=checkpoint["calibration"], threads=1)
+    bundle = Bundle.load(path)
+    assert {"model.s32.xml", "model.s64.bin"} <= set(bundle.manifest.files)
+    runner = check_matches_torch(bundle, checkpoint, TOLERANCE["fp16"])
+    assert runner.requested_device == "NPU" and runner.device == "CPU"
+
+
+def test_torch_reference_bundle(checkpoint, tmp_path):
+    path = compile_bundle(checkpoint["folder"], "torch-reference", tmp_path / "ref", calibration=checkpoint["calibration"], threads=1)
+    bundle = Bundle.load(path)
+    assert {"config.json", "model.safetensors"} <= set(bundle.manifest.files)
+    check_matches_torch(bundle, checkpoint, 1e-6)
+
+
+def test_interrupted_compile_keeps_the_old_bundle(checkpoint, tmp_path, monkeypatch):
+    model = checkpoint["folder"] / "model.safetensors"
+    old = write_bundle(tmp_path / "bundle", Manifest("sequence", list(INTENTS), "torch", "fp32", [], [], {}),
+                       {"model.safetensors": model}, checkpoint["tokenizer"])
+    before = Bundle.load(old).manifest.files
+    backend_cls = type(get_backend("onnx-mobile"))
+
+    def killed(self, request, workdir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend_cls, "compile", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compile_bundle(checkpoint["folder"], "x86-avx2-cpu", old, precision="fp32",
+                       calibration=checkpoint["calibration"], threads=1)
+    assert Bundle.load(old).manifest.files == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]   # no half-written bundle
+
+
+def test_user_errors(checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="allows precisions .* not 'fp16'"):
+        compile_bundle(checkpoint["folder"], "x86-avx2-cpu", tmp_path / "b", precision="fp16")
+    with pytest.raises(ConfigError, match="unknown target"):
+        compile_bundle(checkpoint["folder"], "toaster", tmp_path / "b")
+    with pytest.raises(ConfigError, match="TensorRT is not installed"):
+        compile_bundle(checkpoint["folder"], "jetson-orin", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_reports_errors_in_one_line(checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_electra.cli import main
+    result = CliRunner().invoke(main, ["compile", str(checkpoint["folder"]), "--target", "toaster",
+                                       "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "unknown target 'toaster'" in result.output
+    assert "Traceback" not in result.output
+
+
+def candidate(precision, latency, drop, budget=0.5):
+    return Candidate(precision, latency, {"drop": drop, "budget": budget}, 1, drop <= budget)
+
+
+def test_choice_fastest_passing_else_error_or_accepted():
+    profile = load_target("x86-avx2-cpu")
+    cands = [candidate("fp32", 2.0, 0.0), candidate("int8-dynamic", 1.0, 0.3), candidate("int8-static", 0.5, 2.0)]
+    assert _choose(cands, "auto", False, profile).precision == "int8-dynamic"
+    failing = [candidate("int8-dynamic", 1.0, 0.9), candidate("int8-static", 0.5, 2.0)]
+    with pytest.raises(ConfigError, match="--accept-accuracy-drop"):
+        _choose(failing, "auto", False, profile)
+    assert _choose(failing, "auto", True, profile).precision == "int8-dynamic"
+    broken = [Candidate("fp32", error="RuntimeError: boom")]
+    with pytest.raises(ConfigError, match="no precision could be built.*boom"):
+        _choose(broken, "auto", False, profile)
