@@ -1,0 +1,107 @@
+"""Shared fixtures. `tiny_bundle(task, backend, **manifest_fields)` builds a real, small bundle once per session."""
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import metadata
+
+import pytest
+
+INTENTS = {
+    "lights_on": ["turn on the lights", "switch the kitchen lamp on", "lights on in the bedroom please"],
+    "play_music": ["play some jazz", "put on music by the beatles", "play my workout playlist"],
+    "weather": ["what is the weather in paris", "will it rain tomorrow", "how cold is it outside"],
+    "oos": ["tell me a joke", "who won the game last night", "what is the meaning of life"],
+}
+# One BIO tag per whitespace word of the utterances above (only some words are slots).
+SLOT_LABELS = ["O", "B-room", "B-artist", "I-artist", "B-city", "B-date"]
+TEXTS = [t for texts in INTENTS.values() for t in texts]
+LABELS = list(INTENTS)
+BACKEND_LIBRARY = {"onnx-mobile": "onnxruntime", "openvino": "openvino"}
+
+
+def write_dataset(path, texts=TEXTS):
+    """A labelled JSONL file of the fixture utterances."""
+    label_of = {t: label for label, ts in INTENTS.items() for t in ts}
+    path.write_text("".join(json.dumps({"text": t, "label": label_of[t]}) + "\n" for t in texts))
+    return path
+
+
+def without_torch_env(folder) -> dict:
+    """Environment for a subprocess in which `import torch` raises ImportError (a sitecustomize blocker)."""
+    import os
+    from pathlib import Path
+    (Path(folder) / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class BlockTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, BlockTorch())\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), root])}
+
+
+def _export(model, path, input_names):
+    import torch
+    ids = torch.ones(2, 8, dtype=torch.long)
+    dynamic = {name: {0: "batch", 1: "seq"} for name in input_names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
+                          input_names=input_names, output_names=model.output_names,
+                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """Factory: tiny_bundle(task="sequence", backend="onnx-mobile", **Manifest field overrides) → bundle path.
+
+    A randomly initialised `preset("tiny")` ELECTRA with a WordPiece vocabulary trained on the fixture
+    utterances, exported to ONNX (model.onnx, dynamic batch and sequence), max_length 64, buckets 16/32/64,
+    max_batch 8. Bundles with the same arguments are built once per session.
+    """
+    torch = pytest.importorskip("torch")
+    from edge_electra import dataclass_io
+    from edge_electra.bundle import Manifest, TensorSpec, write_bundle
+    from edge_electra.config import preset
+    from edge_electra.model import Electra
+    from edge_electra.tokenizer import Tokenizer
+
+    built = {}
+    root = tmp_path_factory.mktemp("bundles")
+    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
+
+    def build(task: str = "sequence", backend: str = "onnx-mobile", **manifest_fields):
+        key = json.dumps([task, backend, manifest_fields], sort_keys=True, default=str)
+        if key in built:
+            return built[key]
+        torch.manual_seed(0)
+        cfg = preset("tiny", vocab_size=tokenizer.vocab_size, task=task, max_position=64,
+                     labels=LABELS if task != "token" else [],
+                     slot_labels=SLOT_LABELS if task in ("token", "joint") else [])
+        model = Electra(cfg).eval()
+        workdir = root / f"work{len(built)}"
+        workdir.mkdir()
+        input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        _export(model, workdir / "model.onnx", input_names)
+        library = BACKEND_LIBRARY.get(backend)
+        fields = dict(
+            task=task, labels=cfg.labels, slot_labels=cfg.slot_labels, backend=backend, precision="fp32",
+            inputs=[TensorSpec(n, "int64", [[1, 8], [1, 64]]) for n in input_names],
+            outputs=[TensorSpec(n, "float32", [[1, 8], len(cfg.labels)] if n == "logits" and task != "token"
+                                else [[1, 8], [1, 64], len(cfg.slot_labels)]) for n in model.output_names],
+            tokenizer={"max_length": 64, "buckets": [16, 32, 64]},
+            runtime={"max_batch": 8},
+            source={"config": dataclass_io.to_dict(cfg)},
+            versions={library: metadata.version(library)} if library else {},
+        )
+        fields.update(manifest_fields)
+        dest = write_bundle(root / f"{task}-{backend}-{len(built)}", Manifest(**fields),
+                            {"model.onnx": workdir / "model.onnx"}, tokenizer)
+        built[key] = dest
+        return dest
+
+    torch.set_num_threads(1)
+    return build
+
