@@ -68,3 +68,7 @@ def reference_markdown() -> str:
         sub = click.Context(command, info_name=f"edge-electra {name}", parent=ctx)
         parts += ["", f"### `edge-electra {name}`", "", "```text", command.get_help(sub), "```"]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":  # `python -m edge_electra.cli ...` where the console script is not installed
+    main()
