@@ -9,7 +9,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -48,6 +48,20 @@ def _add_post_processor(tok: HFTokenizer) -> HFTokenizer:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tok
+
+
+def _why_not_text(texts) -> str:
+    """Which input `tokenizers` refused: a non-str, or a str with a lone surrogate (not encodable as UTF-8)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            hint = " (decode it first: text.decode('utf-8'))" if isinstance(text, (bytes, bytearray)) else ""
+            return f"input {i} is {type(text).__name__}, not str{hint}"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (f"input {i} holds {text[e.start]!r} at position {e.start}, a lone surrogate that is not valid "
+                    "Unicode text; decode the source with errors='replace' or drop such characters")
+    return "the tokenizer could not encode the inputs; pass a list of str"
 
 
 class Tokenizer:
@@ -138,6 +152,8 @@ class Tokenizer:
         try:
             inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
             encodings = self._tok.encode_batch(inputs)
+        except TypeError as e:  # `tokenizers` says only "TextEncodeInput must be Union[...]"
+            raise DataError(_why_not_text([*texts, *(pairs or [])])) from e
         finally:
             self._tok.no_truncation()
         longest = max((len(e.ids) for e in encodings), default=0)

@@ -205,3 +205,39 @@ def test_choice_fastest_passing_else_error_or_accepted():
     broken = [Candidate("fp32", error="RuntimeError: boom")]
     with pytest.raises(ConfigError, match="no precision could be built.*boom"):
         _choose(broken, "auto", False, profile)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_128(tmp_path_factory):
+    """A tiny model with 128 positions, so the mobile targets keep all their buckets (32, 64, 128)."""
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=128)
+    torch.manual_seed(0)
+    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=128, labels=list(INTENTS))).eval()
+    return {"folder": save_pretrained(model, tmp_path_factory.mktemp("compile128") / "ckpt", tokenizer=tokenizer),
+            "model": model, "tokenizer": tokenizer}
+
+
+@pytest.mark.parametrize("target", ["android-arm64", "ios-arm64"])
+def test_mobile_targets_build_every_bucket_and_predict(checkpoint_128, tmp_path, target):
+    # Through the CLI as users run it, auto precision: every candidate must build (the .ort files sort
+    # as s128 < s32 < s64, which once sent the 32-token probe to the 128-token model).
+    from click.testing import CliRunner
+
+    from edge_electra.cli import main
+    from edge_electra.predictor import Predictor
+    out = tmp_path / target
+    result = CliRunner().invoke(main, ["compile", str(checkpoint_128["folder"]), "--target", target, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = Bundle.load(out).manifest
+    assert not [c["error"] for c in m.candidates if c["error"]]
+    assert [v["seq"] for v in m.runtime["variants"]] == [32, 64, 128]
+    # One text per bucket: the Predictor pads each batch to the smallest bucket that holds it.
+    texts = ["play jazz", " ".join(["lights"] * 40), " ".join(["weather in paris"] * 30)]
+    feeds = [checkpoint_128["tokenizer"]([t], buckets=[32, 64, 128]).arrays() for t in texts]
+    assert [f["input_ids"].shape[1] for f in feeds] == [32, 64, 128]
+    predictor = Predictor.load(out, threads=1)
+    got = np.stack([p.probabilities for p in predictor.predict_batch(texts, probabilities=True)])
+    expected = np.concatenate([torch.softmax(torch.from_numpy(torch_outputs(checkpoint_128["model"], f)), -1).numpy()
+                               for f in feeds])
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE[m.precision])

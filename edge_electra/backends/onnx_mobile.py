@@ -285,15 +285,16 @@ class OnnxMobileBackend(Backend):
             variants = [{"file": "model.ort"}]
             shutil.copyfile(candidate, stage / "model.onnx")
         models, config = convert_to_ort(stage, workdir / "onnx-mobile-ort", level, platform)
+        files = {m.name: m for m in models} | {REQUIRED_OPERATORS: config}
         probe = variants[0]
         probe_onnx = stage / probe["file"].replace(".ort", ".onnx")
         feeds = _dummy_feeds(probe_onnx, probe.get("batch", 1), probe.get("seq", target.buckets[0]))
-        coverage = op_coverage(probe_onnx, models[0], target.execution_providers, target.fixed_shapes, feeds, level)
+        coverage = op_coverage(probe_onnx, files[probe["file"]], target.execution_providers, target.fixed_shapes,
+                               feeds, level)
         runtime = {"execution_providers": target.execution_providers or [CPU],
                    "provider_options": target.runtime.get("provider_options", {}),
                    "threads": target.threads, "optimization_level": level, "target_platform": platform,
                    "variants": variants}
-        files = {m.name: m for m in models} | {REQUIRED_OPERATORS: config}
         return CompiledModel(files=files, precision=request.precision, runtime=runtime,
                              report={"op_coverage": coverage}, onnx=candidate)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -70,7 +71,7 @@ def command(model, tokenizer_path, method, recipe, calibration, calibration_samp
         texts = calibration_texts(calibration, calibration_samples or rec.num_samples, rec.seed)
         feeds = calibration_feeds(texts, tokenizer, max_length=rec.max_length)
     with atomic_file(out) as tmp:
-        with click.progressbar(length=2, label=f"quantizing ({method})", file=click.get_text_stream("stderr")) as bar:
+        with click.progressbar(length=2, label=f"quantizing ({method})", file=sys.stderr) as bar:
             if method == "dynamic":
                 quantize_dynamic(model, tmp, DynamicQuantConfig())
             elif method == "sensitivity":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,7 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     order: list[int] = []
     with click.progressbar(range(config.steps), label="quantization-aware training",
-                           file=click.get_text_stream("stderr")) as bar:
+                           file=sys.stderr) as bar:
         for _ in bar:
             if len(order) < config.batch_size:
                 order += rng.sample(range(len(texts)), len(texts))

@@ -7,6 +7,7 @@ in float, one at a time, until the whole model is within budget. Fewer float gro
 from __future__ import annotations
 
 import dataclasses
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def sensitivity_search(fp32_onnx, out_onnx, calibration: list[dict[str, np.ndarr
         best, drop = trial([])
         group_drop = {}
         if drop > budget:
-            with click.progressbar(names, label="measuring each group", file=click.get_text_stream("stderr")) as bar:
+            with click.progressbar(names, label="measuring each group", file=sys.stderr) as bar:
                 for name in bar:
                     group_drop[name] = measure(build([g for g in names if g != name], Path(tmp) / "one.onnx"))
             float_groups: list[str] = []
