@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 EXTRAS := train,onnx,openvino,hub,dev
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test docs clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# Regenerate README.md's targets table and CLI reference from targets/ and the click commands.
+docs: venv
+	$(PY) -m edge_electra.docs README.md
 
 clean:
 	rm -rf build .pytest_cache

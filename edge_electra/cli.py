@@ -59,16 +59,5 @@ def info(bundle, as_json):
     click.echo((b.path / MANIFEST).read_text() if as_json else b.summary())
 
 
-def reference_markdown() -> str:
-    """The CLI reference for the README, rendered from the commands themselves so it stays true."""
-    ctx = click.Context(main, info_name="edge-electra")
-    parts = ["```text", main.get_help(ctx), "```"]
-    for name in COMMANDS:
-        command = main.get_command(ctx, name)
-        sub = click.Context(command, info_name=f"edge-electra {name}", parent=ctx)
-        parts += ["", f"### `edge-electra {name}`", "", "```text", command.get_help(sub), "```"]
-    return "\n".join(parts)
-
-
 if __name__ == "__main__":  # `python -m edge_electra.cli ...` where the console script is not installed
     main()

@@ -350,9 +350,13 @@ def _choose(candidates: list[Candidate], precision: str, accept_drop: bool, prof
 @click.option("--eval", "eval_data", type=click.Path(),
               help="Labelled data for the accuracy gate (default: agreement with FP32 on the calibration text).")
 @click.option("--accept-accuracy-drop", is_flag=True, help="Keep the most accurate variant even over budget.")
-def command(checkpoint, target, out, precision, calibration, eval_data, accept_accuracy_drop):
+@click.option("--threads", type=int, default=None,
+              help="Threads for building and timing the candidates here (default: the profile's, at most this "
+                   "machine's cores). The bundle keeps the profile's setting.")
+def command(checkpoint, target, out, precision, calibration, eval_data, accept_accuracy_drop, threads):
     """Build a bundle for a target device from CHECKPOINT (a checkpoint folder)."""
     import torch
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    path = compile_bundle(checkpoint, target, out, precision, calibration, eval_data, accept_accuracy_drop)
+    torch.set_num_threads(threads or min(2, torch.get_num_threads()))
+    path = compile_bundle(checkpoint, target, out, precision, calibration, eval_data, accept_accuracy_drop,
+                          threads=threads)
     click.echo(Bundle.load(path).summary())

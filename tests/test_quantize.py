@@ -167,3 +167,18 @@ def test_cli_quantizes_gates_and_leaves_nothing_on_failure(setup, tmp_path):
     small = CliRunner().invoke(main, [*args[:-1], "100000", "--out", str(tmp_path / "small.onnx")])
     assert small.exit_code != 0 and "were asked for" in small.output
     assert not (tmp_path / "small.onnx").exists()
+
+
+def test_cli_qat_fine_tunes_from_the_checkpoint_and_needs_training_data(setup, tmp_path):
+    save_pretrained(setup["model"], tmp_path / "ckpt", tokenizer=setup["tokenizer"])
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"text": "{e.text}", "label": "{e.label}"}}\n' for e in setup["data"].examples))
+    args = ["quantize", str(setup["fp32"]), "--checkpoint-or-tokenizer", str(tmp_path / "ckpt"), "--method", "qat",
+            "--eval", str(data), "--calibration", str(data), "--calibration-samples", "64"]
+    missing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "none.onnx")])
+    assert missing.exit_code != 0 and "--train" in missing.output and not (tmp_path / "none.onnx").exists()
+    ok = CliRunner().invoke(main, [*args, "--train", str(data), "--qat-steps", "20", "--budget", "100",
+                                   "--out", str(tmp_path / "qat.onnx")])
+    assert ok.exit_code == 0, ok.output
+    assert "top-1 agreement" in ok.output
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "qat.onnx")).graph.node)

@@ -9,7 +9,7 @@ import click
 
 from ..errors import ConfigError
 
-METHODS = ("dynamic", "minmax", "entropy", "percentile", "sensitivity")
+METHODS = ("dynamic", "minmax", "entropy", "percentile", "sensitivity", "qat")
 
 
 def load_tokenizer_and_labels(path: str | Path):
@@ -44,12 +44,15 @@ def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
 @click.option("--calibration", type=click.Path(), help="Data file to calibrate on (default: the general set).")
 @click.option("--calibration-samples", type=int, help="How many calibration utterances (default: the recipe's).")
 @click.option("--eval", "eval_path", required=True, type=click.Path(), help="Labelled data file for the gate.")
+@click.option("--train", "train_path", type=click.Path(),
+              help="Training data for --method qat (labels used when present); needs a checkpoint folder.")
+@click.option("--qat-steps", default=300, show_default=True, help="Fake-quant fine-tuning steps for --method qat.")
 @click.option("--budget", default=0.5, show_default=True, help="Largest accepted accuracy drop, in points.")
 @click.option("--accept-accuracy-drop", is_flag=True, help="Keep the model even if it misses the budget.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the gate report as JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def command(model, tokenizer_path, method, recipe, calibration, calibration_samples, eval_path, budget,
-            accept_accuracy_drop, report_path, out):
+def command(model, tokenizer_path, method, recipe, calibration, calibration_samples, eval_path, train_path, qat_steps,
+            budget, accept_accuracy_drop, report_path, out):
     """Quantize MODEL (an FP32 .onnx) to INT8 and print the accuracy gate's report."""
     from .. import dataclass_io
     from ..atomic import atomic_file
@@ -62,8 +65,12 @@ def command(model, tokenizer_path, method, recipe, calibration, calibration_samp
         raise ConfigError(f"model {model} not found; export one with `edge-electra export`")
     tokenizer, labels = load_tokenizer_and_labels(tokenizer_path)
     eval_data = load(eval_path, labels=labels)
+    if method == "qat" and (labels is None or not train_path):
+        raise ConfigError("--method qat fine-tunes the model: give --checkpoint-or-tokenizer a checkpoint folder "
+                          "(the source of MODEL) and --train a data file")
+    train_data = load(train_path, labels=labels, require_labels=False) if method == "qat" else None
     rec = load_recipe(recipe) if recipe else CalibrationRecipe()
-    if method not in ("dynamic", "sensitivity"):
+    if method in METHODS[1:4]:
         rec = CalibrationRecipe(**{**dataclass_io.to_dict(rec), "method": method})
     static = StaticQuantConfig(method=rec.method, percentile=rec.percentile)
     feeds = []
@@ -76,6 +83,9 @@ def command(model, tokenizer_path, method, recipe, calibration, calibration_samp
                 quantize_dynamic(model, tmp, DynamicQuantConfig())
             elif method == "sensitivity":
                 search = sensitivity_search(model, tmp, feeds, eval_data, tokenizer, budget, static)
+            elif method == "qat":
+                from .qat import QATConfig, qat
+                qat(tokenizer_path, train_data, tokenizer, tmp, feeds, QATConfig(steps=qat_steps), static)
             else:
                 quantize_static(model, tmp, feeds, static)
             bar.update(1)

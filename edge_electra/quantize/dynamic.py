@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..atomic import atomic_file
 from ..errors import ConfigError
+from .static import without_preprocess_hint
 
 
 @dataclass
@@ -28,7 +29,7 @@ def quantize_dynamic(fp32_onnx: str | Path, out_onnx: str | Path,
     fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
     if not fp32_onnx.is_file():
         raise ConfigError(f"model {fp32_onnx} not found")
-    with atomic_file(out_onnx) as tmp:
+    with atomic_file(out_onnx) as tmp, without_preprocess_hint():
         ort_quantize_dynamic(fp32_onnx, tmp, per_channel=config.per_channel, reduce_range=config.reduce_range,
                              weight_type=types[config.weight_type], nodes_to_exclude=config.exclude_nodes,
                              # ONNX shape inference cannot type the fused com.microsoft ops; they are float.

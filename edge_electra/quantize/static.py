@@ -7,6 +7,8 @@ the most accuracy in transformers.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,6 +35,20 @@ class StaticQuantConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"calibration method must be one of {list(METHODS)}, got {self.method!r}")
+
+
+@contextlib.contextmanager
+def without_preprocess_hint():
+    """Silence onnxruntime's root-logger advice to run its pre-processing: our exported graphs are already
+    shape-inferred and fused, and its pre-processing cannot type the fused com.microsoft ops."""
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _feed_reader(feeds: list[dict[str, np.ndarray]]):
@@ -78,7 +94,7 @@ def quantize_static(fp32_onnx: str | Path, out_onnx: str | Path, calibration: li
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     activation = QuantType.QInt8 if config.symmetric_activations else QuantType.QUInt8
-    with atomic_file(out_onnx) as tmp:
+    with atomic_file(out_onnx) as tmp, without_preprocess_hint():
         ort_quantize_static(
             fp32_onnx, tmp, None if cached else _feed_reader(calibration), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=[op for op in QDQRegistry if op not in config.exclude_op_types],
