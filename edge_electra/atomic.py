@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,12 +18,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_dead(folder: str | Path, pattern: re.Pattern) -> None:
+    """Remove what killed processes left in `folder`: the entries whose name matches `pattern`, whose
+    group 1 is the pid of the process that made them, and whose process is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for leftover in folder.iterdir():
+        match = pattern.fullmatch(leftover.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def sweep_files(path: str | Path) -> None:
+    """Remove the temporaries beside `path` that killed `atomic_file` writers left (their names carry the
+    writer's pid; nested writers add a dot and their own suffix). Those of running writers stay."""
+    path = Path(path)
+    sweep_dead(path.parent, re.compile(r"\.+" + re.escape(path.name) + r"\.(\d+)-.*\.tmp"))
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    Temporaries left beside `path` by a killed writer are removed first (see `sweep_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

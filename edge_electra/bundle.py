@@ -56,6 +56,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    checksum: str = ""   # sha256 of the rest of the manifest (see manifest_checksum)
 
 
 def sha256(path: Path) -> str:
@@ -64,6 +65,18 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_checksum(raw: dict) -> str:
+    """sha256 of a manifest's canonical JSON without its own checksum: a manifest damaged after it was
+    written (a flipped bit that still parses, a changed label) no longer matches it."""
+    body = {k: v for k, v in raw.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(path: Path, raw: dict) -> None:
+    raw = {**raw, "checksum": manifest_checksum(raw)}
+    path.write_text(json.dumps(raw, indent=2) + "\n")
 
 
 def library_versions(*names: str) -> dict[str, str]:
@@ -100,7 +113,8 @@ def write_bundle(dest: str | Path, manifest: Manifest, files: dict[str, str | Pa
         manifest.files = {name: sha256(tmp / name) for name in sorted([*files, TOKENIZER])}
         manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         manifest.versions = {**library_versions(), **manifest.versions}
-        (tmp / MANIFEST).write_text(json.dumps(dataclass_io.to_dict(manifest), indent=2) + "\n")
+        manifest.checksum = manifest_checksum(dataclass_io.to_dict(manifest))
+        write_manifest(tmp / MANIFEST, dataclass_io.to_dict(manifest))
     return dest
 
 
@@ -130,6 +144,9 @@ class Bundle:
         if version > FORMAT_VERSION:
             raise BundleError(f"{path} uses bundle format {version}, newer than this edge-electra reads "
                               f"({FORMAT_VERSION}); upgrade edge-electra or rebuild the bundle")
+        if raw.get("checksum") != manifest_checksum(raw):
+            raise BundleError(f"{manifest_path} is corrupt: its checksum does not match its contents (damaged or "
+                              "edited after the bundle was written); rebuild the bundle")
         try:
             manifest = dataclass_io.from_dict(Manifest, raw, source=str(manifest_path))
         except ConfigError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -24,12 +25,15 @@ import click
 import numpy as np
 
 from . import dataclass_io
+from .atomic import sweep_dead
 from .backends import get_backend
 from .bundle import Bundle, Manifest, TensorSpec, library_versions, sha256, write_bundle
 from .errors import ConfigError, DataError
 from .targets import PRECISIONS, Range, TargetProfile, load_target
 
 REFERENCE = "reference.fp32.onnx"
+# compile's work folder in $TMPDIR, named with its pid so that a later compile removes those of killed ones.
+WORKDIR_PREFIX = "edge-electra-compile."
 REPORT = "report.json"
 RUNTIME_LIBRARIES = ("onnxruntime", "onnx", "openvino", "nncf", "tensorrt", "torch")
 LATENCY_TEXTS = 32
@@ -235,7 +239,8 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
     calibration_texts = _texts(calibration, default_texts)
     eval_texts, eval_labels = _eval_set(eval_data, cfg.labels, cfg.task, calibration_texts)
 
-    with tempfile.TemporaryDirectory(prefix="edge-electra-compile.") as tmp:
+    sweep_dead(tempfile.gettempdir(), re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-.*"))
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         _say(2, steps, "exporting the FP32 ONNX reference")
         request = CompileRequest(profile, "fp32", model, tokenizer, work / REFERENCE, calibration_texts)

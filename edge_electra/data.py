@@ -48,6 +48,8 @@ class Dataset:
 
 
 def _row(raw: dict, where: str) -> Example:
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: each row must be an object with a 'text' field (and a 'label'), got {raw!r:.80}")
     text = raw.get("text")
     if not isinstance(text, str):
         raise DataError(f"{where}: each row needs a string 'text' field, got {raw!r:.120}")
@@ -96,7 +98,14 @@ def read_examples(path: str | Path) -> list[Example]:
     raise DataError(f"{path}: unsupported data format {suffix!r}; use .jsonl, .json, .csv or .tsv")
 
 
+HF_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
 def _read_hf_datasets(folder: Path) -> list[Example]:
+    if not any((folder / name).exists() for name in HF_DATASET_FILES):
+        raise DataError(f"{folder} is a folder but not a Hugging Face datasets folder (it has no "
+                        f"{' or '.join(HF_DATASET_FILES)}); pass a data file (.jsonl, .json, .csv or .tsv), "
+                        "or a dataset folder with train.jsonl")
     try:
         import datasets
     except ImportError as e:
@@ -151,7 +160,13 @@ def load_folder(folder: str | Path) -> dict[str, Dataset]:
         raise DataError(f"{folder} has no train.jsonl or test.jsonl")
     labels = slot_labels = None
     if (folder / "labels.json").exists():
-        meta = json.loads((folder / "labels.json").read_text())
+        try:
+            meta = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{folder / 'labels.json'} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k) or [], list) for k in ("labels", "tags")):
+            raise DataError(f"{folder / 'labels.json'} must be an object like "
+                            '{"labels": ["intent", ...], "tags": ["B-slot", ...]}')
         labels, slot_labels = meta.get("labels"), meta.get("tags")
         if slot_labels and "O" not in slot_labels:
             slot_labels = ["O", *slot_labels]

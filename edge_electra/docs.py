@@ -27,7 +27,8 @@ def targets_markdown() -> str:
 def cli_markdown() -> str:
     from .cli import COMMANDS, main
     # A fixed width, so the text does not depend on the terminal that ran `make docs`.
-    ctx = click.Context(main, info_name="edge-electra", terminal_width=100, max_content_width=100)
+    ctx = click.Context(main, info_name="edge-electra", terminal_width=100, max_content_width=100,
+                        **main.context_settings)
     parts = ["```text", main.get_help(ctx), "```"]
     for name in COMMANDS:
         command = main.get_command(ctx, name)

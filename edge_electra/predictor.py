@@ -22,7 +22,7 @@ import numpy as np
 
 from .bundle import MANIFEST, Bundle
 from .data import OUT_OF_SCOPE
-from .errors import BundleError, DataError
+from .errors import BundleError, DataError, EdgeElectraError
 
 CLASSIFIER_TASKS = ("sequence", "token", "joint")
 # The library whose version a bundle's model files depend on, per backend.
@@ -118,6 +118,11 @@ class Predictor:
         self.oos_label = next((label for label in self.labels if label in OUT_OF_SCOPE), "out_of_scope")
         # Outputs in the model's order (logits[, slot_logits]), named as the manifest names them.
         outputs = [t.name for t in m.outputs] or list(runner.output_names)
+        unknown = [name for name in outputs if name not in runner.output_names]
+        if unknown:
+            raise BundleError(f"{bundle.path / MANIFEST} names output(s) {unknown} but the model's outputs are "
+                              f"{list(runner.output_names)}; the manifest is damaged or from another build: "
+                              "recompile the bundle")
         self.intent_output = outputs[0]
         self.slot_output = outputs[-1] if m.task in ("token", "joint") else None
         self._check_label_counts()
@@ -140,7 +145,16 @@ class Predictor:
             raise BundleError(f"{bundle.path} needs the {backend.name} backend, which cannot run here: {why}")
         if threads is not None:
             runtime_options["threads"] = threads
-        return cls(bundle, backend.load(bundle, **runtime_options), bundle.tokenizer(), oos_threshold)
+        try:
+            runner = backend.load(bundle, **runtime_options)
+        except EdgeElectraError:
+            raise
+        except Exception as e:  # the runtime's own error (a damaged manifest's settings): say which bundle
+            lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith("Exception from ")]
+            raise BundleError(f"{bundle.path} could not be opened by {backend.name} ({type(e).__name__}: "
+                              f"{lines[-1].strip() if lines else 'no details'}); "
+                              f"check the runtime settings in {MANIFEST}, or recompile the bundle") from e
+        return cls(bundle, runner, bundle.tokenizer(), oos_threshold)
 
     # --- checks -------------------------------------------------------------------------------
     def _check_label_counts(self) -> None:

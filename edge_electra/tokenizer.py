@@ -125,6 +125,7 @@ class Tokenizer:
     def save_pretrained(self, folder: str | Path) -> None:
         """tokenizer.json plus vocab.txt, so Hugging Face tokenizers load it too."""
         folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         self.save(folder / "tokenizer.json")
         vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
         (folder / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))

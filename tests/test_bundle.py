@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from edge_electra.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle
+from edge_electra.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle, write_manifest
 from edge_electra.errors import BundleError
 from edge_electra.tokenizer import Tokenizer
 
@@ -64,10 +64,18 @@ def test_bit_flip_is_caught(bundle):
         Bundle.load(bundle)
 
 
+def test_a_manifest_edited_after_writing_is_refused(bundle):
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["labels"][0] = raw["labels"][0].upper()   # still valid JSON and a valid manifest
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="manifest.json is corrupt: its checksum does not match"):
+        Bundle.load(bundle)
+
+
 def test_newer_format_is_refused(bundle):
     raw = json.loads((bundle / "manifest.json").read_text())
     raw["format_version"] = FORMAT_VERSION + 1
-    (bundle / "manifest.json").write_text(json.dumps(raw))
+    write_manifest(bundle / "manifest.json", raw)
     with pytest.raises(BundleError, match="newer than this edge-electra reads"):
         Bundle.load(bundle)
 
@@ -75,7 +83,7 @@ def test_newer_format_is_refused(bundle):
 def test_manifest_cannot_point_outside(bundle):
     raw = json.loads((bundle / "manifest.json").read_text())
     raw["files"]["../escape"] = "0" * 64
-    (bundle / "manifest.json").write_text(json.dumps(raw))
+    write_manifest(bundle / "manifest.json", raw)
     with pytest.raises(BundleError, match="outside the bundle"):
         Bundle.load(bundle)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_electra import Prediction, Predictor
-from edge_electra.bundle import MANIFEST, Bundle
+from edge_electra.bundle import MANIFEST, Bundle, write_manifest
 from edge_electra.errors import BundleError, DataError
 
 from conftest import LABELS, SLOT_LABELS, TEXTS, without_torch_env
@@ -135,12 +135,12 @@ def test_label_count_mismatch_names_the_manifest(tiny_bundle, tmp_path):
         (copy / f.name).write_bytes(f.read_bytes())
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["labels"] = manifest["labels"] + ["extra"]
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy / MANIFEST, manifest)
     with pytest.raises(BundleError, match=f"{MANIFEST}.*5 labels.*has 4"):
         Predictor.load(copy)
     # The same check holds when the manifest's output shape is dynamic: it fires on the first run.
     manifest["outputs"][0]["shape"][-1] = [1, 100]
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(copy / MANIFEST, manifest)
     p = Predictor.load(copy)
     with pytest.raises(BundleError, match="5 labels.*has 4"):
         p("play some jazz")

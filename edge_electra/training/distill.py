@@ -24,13 +24,13 @@ from .. import dataclass_io
 from ..atomic import atomic_file
 from ..checkpoint import load_pretrained, save_pretrained
 from ..config import preset as model_preset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..model import Electra
 from ..tokenizer import Tokenizer
 from . import curves, labelled, runtime, state
 from .evaluate import classification_report, slot_f1
 from .optim import adamw, warmup_linear
-from .options import config_from_cli, load_tokenizer
+from .options import config_from_cli, load_tokenizer, trained_tokenizer
 from .teacher import BACKENDS, teacher_outputs
 
 
@@ -86,6 +86,9 @@ def _splits(cfg: DistillConfig) -> dict[str, data_io.Dataset]:
         held = max(1, len(train) // 10)
         pick = lambda rows: data_io.Dataset([train.examples[i] for i in rows], train.labels, train.slot_labels)
         splits["validation"], splits["train"] = pick(order[:held]), pick(order[held:])
+        if not len(splits["train"]):
+            raise DataError(f"{path} holds {len(train)} row(s): too few to hold out a validation split and "
+                            "train on the rest; add rows, or pass --validation")
     return splits
 
 
@@ -102,7 +105,7 @@ def select_layers(model: Electra, count: int, how: str = "even") -> Electra:
 
 def _fresh_tokenizer(cfg: DistillConfig, texts: list[str]) -> Tokenizer:
     source = cfg.tokenizer or cfg.teacher
-    return load_tokenizer(source) if source else Tokenizer.train(texts, vocab_size=8000)
+    return load_tokenizer(source) if source else trained_tokenizer(texts, 8000, cfg.out, cfg.resume)
 
 
 def build_student(cfg: DistillConfig, train: data_io.Dataset) -> tuple[Electra, Tokenizer]:

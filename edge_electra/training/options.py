@@ -5,7 +5,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from .. import dataclass_io
+from ..atomic import atomic_dir
 from ..tokenizer import Tokenizer
+
+TRAINED_TOKENIZER = "trained-tokenizer"
 
 T = TypeVar("T")
 
@@ -23,3 +26,15 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     if path.is_dir():
         return Tokenizer.from_pretrained(path)
     return Tokenizer.from_file(path) if path.suffix == ".json" else Tokenizer.from_vocab(path)
+
+
+def trained_tokenizer(texts, vocab_size: int, run_dir: str | Path, resume: bool) -> Tokenizer:
+    """A WordPiece vocabulary learnt from `texts`, kept in the run folder. `tokenizers`' trainer breaks ties
+    differently in every process, so a resumed run must reuse the vocabulary its checkpoint was trained with."""
+    folder = Path(run_dir) / TRAINED_TOKENIZER
+    if resume and (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_pretrained(folder)
+    tokenizer = Tokenizer.train(texts, vocab_size=vocab_size)
+    with atomic_dir(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+    return tokenizer

@@ -27,7 +27,7 @@ from ..tokenizer import Tokenizer
 from . import curves, runtime, state
 from .evaluate import roc_auc
 from .optim import adamw, warmup_linear
-from .options import config_from_cli, load_tokenizer
+from .options import config_from_cli, load_tokenizer, trained_tokenizer
 from .packing import Packer, batches
 
 
@@ -117,7 +117,7 @@ def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
             tokenizer = load_tokenizer(cfg.tokenizer)
         else:
             log(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
-            tokenizer = Tokenizer.train(read_text_lines(cfg.corpus), vocab_size=cfg.vocab_size)
+            tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume)
         shape = model_preset(cfg.preset)
         discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
                                               max_position=max(shape.max_position, cfg.seq_len)))
