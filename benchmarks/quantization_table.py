@@ -51,13 +51,13 @@ def batch1_latency_ms(path: Path, tokenizer, texts: list[str], threads: int) -> 
 @click.argument("data_dir", type=click.Path(exists=True))
 @click.option("--limit", type=int, help="Use about N test (and validation) utterances, spread over the split.")
 @click.option("--latency-items", default=200, show_default=True)
-@click.option("--threads", default=1, show_default=True, help="ONNX Runtime intra-op threads for latency.")
+@click.option("--threads", default=1, show_default=True, help="ONNX Runtime intra-op threads for latency; torch (export, QAT) uses as many.")
 @click.option("--qat-steps", default=300, show_default=True, help="0 skips QAT.")
 @click.option("--budget", default=0.5, show_default=True)
 @click.option("--workdir", type=click.Path(), help="Keep the models here (default: a temporary folder).")
 def main(checkpoint, data_dir, limit, latency_items, threads, qat_steps, budget, workdir):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     model, _ = load_pretrained(checkpoint)
     labels = model.config.labels
     tokenizer = Tokenizer.from_pretrained(checkpoint)

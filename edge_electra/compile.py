@@ -128,6 +128,21 @@ def run_alone(runner, tokenizer, texts: list[str], buckets: list[int]) -> tuple[
     return np.concatenate(rows), 1000 * statistics.median(times)
 
 
+def time_interleaved(runners: dict[str, Any], feeds: list[dict[str, np.ndarray]], rounds: int = 3) -> dict[str, float]:
+    """Median batch-1 latency in ms of each runner, timed round-robin: every feed runs on each runner in turn,
+    the order rotating, so a burst of load on the build machine hits all candidates alike (timing them one
+    after another let such a burst decide which precision was kept)."""
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i, feed in enumerate(feeds * rounds):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            runners[name].run(feed)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def measure(runner, reference: np.ndarray, tokenizer, texts: list[str], labels, profile: TargetProfile,
             onnx_pair: tuple[Path, Path | None]):
     """The gate on the built runner itself (what the device will run), and its batch-1 latency here."""
@@ -256,15 +271,24 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
                     "config": dataclass_io.to_dict(cfg)},
             versions=_versions())
         wanted = profile.precisions if precision == "auto" else [precision]
-        candidates, built = [], {}
+        candidates, built, runners = [], {}, {}
         for i, p in enumerate(wanted, 1):
             _say(3, steps, f"building {p} ({i}/{len(wanted)}) and measuring it here")
-            candidate, compiled = _build_candidate(backend, request, p, work, manifest, reference,
-                                                   eval_texts, eval_labels, threads)
+            candidate, compiled, runner = _build_candidate(backend, request, p, work, manifest, reference,
+                                                           eval_texts, eval_labels, threads)
             candidates.append(candidate)
             if compiled is not None:
-                built[p] = compiled
+                built[p], runners[p] = compiled, runner
             click.echo(f"      {p:<13} {_describe(candidate)}", err=True)
+        if len(runners) > 1:
+            _say(4, steps, f"timing the {len(runners)} built variants again, interleaved")
+            feeds = [tokenizer([t], buckets=profile.buckets).arrays() for t in eval_texts[:LATENCY_TEXTS]]
+            latencies = time_interleaved(runners, feeds)
+            for candidate in candidates:
+                if candidate.precision in latencies:
+                    candidate.latency_ms = latencies[candidate.precision]
+                    click.echo(f"      {candidate.precision:<13} {candidate.latency_ms:7.2f} ms", err=True)
+        runners.clear()
         _say(4, steps, "choosing a variant")
         chosen = _choose(candidates, precision, accept_accuracy_drop, profile)
         compiled = built[chosen.precision]
@@ -291,7 +315,7 @@ def _build_candidate(backend, request, precision, work, manifest, reference, tex
         raise
     except Exception as e:  # a runtime's converter failing on one precision must not stop the others
         candidate.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return candidate, None
+        return candidate, None, None
     staged = dataclasses.replace(manifest, precision=precision, runtime={**compiled.runtime,
                                                                         "max_batch": profile.batch.max})
     bundle = Bundle.load(write_bundle(work / f"bundle.{precision}", staged, compiled.files, tokenizer))
@@ -300,7 +324,7 @@ def _build_candidate(backend, request, precision, work, manifest, reference, tex
     report, candidate.latency_ms = measure(runner, reference, tokenizer, texts, labels, profile,
                                            (request.reference_onnx, compiled.onnx))
     candidate.accuracy, candidate.passed = {**report.to_dict(), "drop": report.drop}, report.passed
-    return candidate, compiled
+    return candidate, compiled, runner
 
 
 def _reference_bundle(onnx_path: Path, work: Path, tokenizer) -> Bundle:

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from edge_electra.backends import get_backend  # noqa: E402
 from edge_electra.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
 from edge_electra.checkpoint import save_pretrained  # noqa: E402
-from edge_electra.compile import Candidate, _choose, compile_bundle  # noqa: E402
+from edge_electra.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
 from edge_electra.config import preset  # noqa: E402
 from edge_electra.errors import ConfigError  # noqa: E402
 from edge_electra.model import Electra  # noqa: E402
@@ -205,6 +205,26 @@ def test_choice_fastest_passing_else_error_or_accepted():
     broken = [Candidate("fp32", error="RuntimeError: boom")]
     with pytest.raises(ConfigError, match="no precision could be built.*boom"):
         _choose(broken, "auto", False, profile)
+
+
+def test_candidates_are_timed_interleaved_with_a_rotating_order():
+    # A load burst must hit every candidate alike: each feed runs on all runners in turn, first one rotating.
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, feed):
+            calls.append((feed["i"], self.name))
+
+    runners = {name: Fake(name) for name in ("int8-dynamic", "fp32", "int8-static")}
+    latencies = time_interleaved(runners, [{"i": 0}, {"i": 1}], rounds=2)
+    assert set(latencies) == set(runners) and all(ms >= 0 for ms in latencies.values())
+    assert len(calls) == 2 * 2 * 3
+    firsts = [calls[k][1] for k in range(0, len(calls), 3)]
+    assert firsts == ["int8-dynamic", "fp32", "int8-static", "int8-dynamic"]
+    assert all({n for _, n in calls[k:k + 3]} == set(runners) for k in range(0, len(calls), 3))
 
 
 @pytest.fixture(scope="module")
