@@ -182,3 +182,13 @@ def test_cli_qat_fine_tunes_from_the_checkpoint_and_needs_training_data(setup, t
     assert ok.exit_code == 0, ok.output
     assert "top-1 agreement" in ok.output
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "qat.onnx")).graph.node)
+
+
+def test_budget_is_inclusive_despite_float_rounding():
+    from edge_electra.quantize.gate import BATCH1_ITEMS, GateReport
+    one_flip = 1 - 1 / BATCH1_ITEMS   # 0.995: 1 - 0.995 is slightly over 0.005 in floats
+    report = GateReport(accuracy_fp32=88.13, accuracy=87.63, accuracy_delta=87.63 - 88.13, top1_agreement=0.99,
+                        max_abs_logit_delta=0.1, batch1_vs_padded_agreement=one_flip, passed=False, budget=0.5)
+    assert report.within_budget()
+    report.batch1_vs_padded_agreement = 1 - 2 / BATCH1_ITEMS
+    assert not report.within_budget()

@@ -93,7 +93,7 @@ class ReplacedTokenDetection(nn.Module):
         weights = valid.float() / valid.sum().clamp_min(1)  # masked means, no boolean indexing: shapes stay static
         mlm = (F.cross_entropy(mlm_logits.transpose(1, 2), originals, reduction="none") * weights).sum()
         with torch.no_grad():  # Gumbel-max: a sample from the generator's softmax, no gradient through it
-            gumbel = -torch.log(-torch.log(torch.rand_like(mlm_logits).clamp_min(1e-9)).clamp_min(1e-9))
+            gumbel = -torch.log((-torch.log(torch.rand_like(mlm_logits).clamp_min(1e-9))).clamp_min(1e-9))
             sampled = torch.where(valid, (mlm_logits + gumbel).argmax(-1), originals)
         corrupted = input_ids.scatter(1, positions, sampled)
         replaced = (corrupted != input_ids).float()  # a sample equal to the original counts as original
