@@ -178,10 +178,14 @@ def load_folder(folder: str | Path) -> dict[str, Dataset]:
 
 
 def read_text_lines(paths: list[str | Path]):
-    """Unlabelled text, one utterance a line (or the 'text' of each JSONL row), streamed."""
+    """Unlabelled text, one utterance a line (or the 'text' of each JSONL row), streamed; the 'text' column
+    of a .csv, .tsv or .json data file."""
     for path in map(Path, paths):
         if not path.is_file():
             raise DataError(f"text file {path} not found")
+        if path.suffix in (".csv", ".tsv", ".json"):
+            yield from (e.text for e in read_examples(path))
+            continue
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()

@@ -1,4 +1,5 @@
 """Calibration sets: stratified by label, matching lengths, rejected up front when too small."""
+import json
 import collections
 
 import numpy as np
@@ -72,3 +73,16 @@ def test_feeds_share_one_shape_for_histogram_calibrators():
     assert max(f["attention_mask"].sum(1).max() for f in feeds) == feeds[0]["input_ids"].shape[1]  # the longest
     with pytest.raises(DataError, match="empty"):
         calibration_feeds([], tokenizer)
+
+
+def test_calibration_text_from_any_data_format(tmp_path):
+    """--calibration takes plain text, JSONL, or the 'text' column of a CSV/TSV/JSON data file."""
+    from edge_electra.data import read_text_lines
+    texts = ["turn on, the lights", "play jazz"]
+    (tmp_path / "a.txt").write_text("\n".join(texts) + "\n\n")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (tmp_path / "a.csv").write_text('label,text\nx,"turn on, the lights"\ny,play jazz\n')
+    (tmp_path / "a.tsv").write_text("text\tlabel\nturn on, the lights\tx\nplay jazz\ty\n")
+    (tmp_path / "a.json").write_text(json.dumps([{"text": t, "label": "x"} for t in texts]))
+    for name in ("a.txt", "a.jsonl", "a.csv", "a.tsv", "a.json"):
+        assert list(read_text_lines([tmp_path / name])) == texts, name

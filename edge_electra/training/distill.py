@@ -200,10 +200,10 @@ def run(cfg: DistillConfig) -> Path:
 def _train(cfg: DistillConfig, rt: runtime.Runtime) -> Path:
     started = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    splits = _splits(cfg)
+    splits = _splits(cfg)   # bad data is refused before anything is written
     train = splits["train"]
+    out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_student(cfg, train)
     unlabelled = list(data_io.read_text_lines(cfg.unlabelled)) if cfg.unlabelled else []
     texts = train.texts + unlabelled
