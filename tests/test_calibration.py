@@ -1,6 +1,6 @@
 """Calibration sets: stratified by label, matching lengths, rejected up front when too small."""
-import json
 import collections
+import json
 
 import numpy as np
 import pytest
