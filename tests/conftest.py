@@ -27,6 +27,22 @@ def write_dataset(path, texts=TEXTS):
     return path
 
 
+def tiny_model(max_position: int = 64, labels=None, texts=None):
+    """A randomly initialised preset("tiny") sequence classifier over `labels` (default: the fixture intents;
+    seed 0, eval mode), with a WordPiece vocabulary trained on `texts` (default: their utterances)."""
+    import torch
+
+    from edge_electra.config import preset
+    from edge_electra.model import Electra
+    from edge_electra.tokenizer import Tokenizer
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer.train((texts or TEXTS) * 3, vocab_size=200, max_length=max_position)
+    torch.manual_seed(0)
+    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=max_position,
+                           labels=labels or LABELS))
+    return model.eval(), tokenizer
+
+
 def without_torch_env(folder) -> dict:
     """Environment for a subprocess in which `import torch` raises ImportError (a sitecustomize blocker)."""
     import os

@@ -10,11 +10,10 @@ from edge_electra.backends import get_backend  # noqa: E402
 from edge_electra.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
 from edge_electra.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
 from edge_electra.errors import ConfigError  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
 from edge_electra.targets import load_target  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
+
+from conftest import tiny_model  # noqa: E402
 
 INTENTS = {
     "lights": ["turn on the lights", "switch the kitchen lamp on", "lights on in the bedroom please"],
@@ -32,11 +31,8 @@ def private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("compile")
-    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=64, labels=list(INTENTS))).eval()
+    model, tokenizer = tiny_model(labels=list(INTENTS), texts=TEXTS)
     folder = save_pretrained(model, root / "ckpt", tokenizer=tokenizer)
     calibration = root / "calibration.txt"
     calibration.write_text("\n".join(TEXTS * 2) + "\n")
@@ -230,10 +226,7 @@ def test_candidates_are_timed_interleaved_with_a_rotating_order():
 @pytest.fixture(scope="module")
 def checkpoint_128(tmp_path_factory):
     """A tiny model with 128 positions, so the mobile targets keep all their buckets (32, 64, 128)."""
-    torch.set_num_threads(1)
-    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=128)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=128, labels=list(INTENTS))).eval()
+    model, tokenizer = tiny_model(max_position=128, labels=list(INTENTS), texts=TEXTS)
     return {"folder": save_pretrained(model, tmp_path_factory.mktemp("compile128") / "ckpt", tokenizer=tokenizer),
             "model": model, "tokenizer": tokenizer}
 

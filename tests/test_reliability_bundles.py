@@ -32,13 +32,10 @@ from edge_electra.bundle import FORMAT_VERSION, MANIFEST, Bundle, sha256, write_
 from edge_electra.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
 from edge_electra.compile import compile_bundle  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
-from edge_electra.errors import BundleError, EdgeElectraError  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
+from edge_electra.errors import BundleError  # noqa: E402
 from edge_electra.predictor import Predictor  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
 
-from conftest import LABELS, TEXTS  # noqa: E402
+from conftest import LABELS, TEXTS, tiny_model  # noqa: E402
 
 # The files each bundle's manifest lists (asserted below, so the expected count of damages is exact).
 FILES = {
@@ -63,9 +60,7 @@ def private_cache(tmp_path_factory):
 def bundles(tiny_bundle, tmp_path_factory):
     """One real fp32 bundle per backend that runs here, built from a tiny random checkpoint (about 5 s)."""
     root = tmp_path_factory.mktemp("reliability-bundles")
-    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=64, labels=LABELS)).eval()
+    model, tokenizer = tiny_model()
     folder = save_pretrained(model, root / "ckpt", tokenizer=tokenizer)
     calibration = root / "calibration.txt"
     calibration.write_text("\n".join(TEXTS * 2) + "\n")

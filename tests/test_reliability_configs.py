@@ -17,12 +17,9 @@ torch = pytest.importorskip("torch")
 
 from edge_electra.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
 from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
 
-from conftest import INTENTS, LABELS, TEXTS  # noqa: E402
+from conftest import INTENTS, tiny_model  # noqa: E402
 
 ROWS = [{"text": t, "label": label} for label, ts in INTENTS.items() for t in ts]   # 12 good rows
 
@@ -55,11 +52,8 @@ BAD_FILES = {
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("configs")
-    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=64, labels=LABELS)).eval()
+    model, tokenizer = tiny_model()
     files = {name: root / file for name, (file, content, _) in BAD_FILES.items()}
     for name, (file, content, _) in BAD_FILES.items():
         files[name].write_text(content)

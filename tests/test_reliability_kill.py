@@ -37,13 +37,10 @@ from edge_electra.bundle import MANIFEST, Bundle  # noqa: E402
 from edge_electra.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
 from edge_electra.compile import WORKDIR_PREFIX, compile_bundle  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
 from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
 from edge_electra.predictor import Predictor  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
 
-from conftest import LABELS, TEXTS, write_dataset  # noqa: E402
+from conftest import LABELS, TEXTS, tiny_model, write_dataset  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SCENARIOS = ("no previous output", "previous output")
@@ -141,11 +138,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A tiny checkpoint, its FP32 ONNX export, calibration text and a labelled eval file."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("kill-inputs")
-    tokenizer = Tokenizer.train(TEXTS * 3, vocab_size=200, max_length=64)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=64, labels=LABELS)).eval()
+    model, tokenizer = tiny_model()
     checkpoint = save_pretrained(model, root / "ckpt", tokenizer=tokenizer)
     onnx_path = export_onnx(model, root / "fp32.onnx", ExportConfig(optimize=False)).path
     calibration = root / "calibration.txt"
