@@ -158,6 +158,16 @@ def test_two_gloo_processes_train_with_ddp(corpus, tmp_path):
     assert (tmp_path / "ddp" / "discriminator" / "model.safetensors").exists()
 
 
+def test_from_scratch_takes_fewer_layers_and_refuses_them_with_init(corpus, tmp_path):
+    from edge_electra.errors import ConfigError
+    from edge_electra.training.pretrain import build
+    disc, gen, _ = build(tiny_config(corpus, tmp_path / "short", preset="small", num_layers=1))
+    assert (disc.config.num_layers, disc.config.hidden_size, len(disc.encoder.layers)) == (1, 256, 1)
+    assert gen.config.num_layers == 1
+    with pytest.raises(ConfigError, match="from scratch"):
+        tiny_config(corpus, tmp_path / "x", init="ckpt", num_layers=1)
+
+
 def test_init_continues_from_saved_discriminator_and_generator(corpus, tmp_path):
     from edge_electra.checkpoint import load_pretrained
     from edge_electra.training.pretrain import build

@@ -12,7 +12,7 @@ import copy
 import random
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -85,17 +85,31 @@ def remove_fake_quant(model: nn.Module) -> None:
                 setattr(module, child_name, child.linear)
 
 
-def _range_overrides(onnx_path: Path, ranges: dict[str, float]) -> dict:
-    """Pin the learned input range of each Linear on its MatMul/Gemm input tensor in the exported graph."""
+def _linear_inputs(onnx_path: Path) -> list[tuple[str, str, str]]:
+    """(node name, input tensor, torch module path) of every MatMul/Gemm in the exported graph."""
     import onnx
-    overrides = {}
-    for node in onnx.load(str(onnx_path)).graph.node:
-        if node.op_type in ("MatMul", "Gemm"):
-            module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
-            if module in ranges and ranges[module] > 0:
-                r = np.float32(ranges[module])
-                overrides[node.input[0]] = [{"rmin": -r, "rmax": r}]
-    return overrides
+    return [(node.name, node.input[0], node.name.strip("/").rsplit("/", 1)[0].replace("/", "."))
+            for node in onnx.load(str(onnx_path)).graph.node if node.op_type in ("MatMul", "Gemm")]
+
+
+def _export_plan(onnx_path: Path, ranges: dict[str, float], quant: StaticQuantConfig):
+    """Quantize exactly what training rounded: each Linear's weight and input, with the input's learned range.
+
+    Everything else stays float, Linear outputs, the embedding Gather and attention's query·key and
+    probabilities·value MatMuls among them: rounding that training never saw would undo what it learned.
+    """
+    from onnxruntime.quantization.registry import QDQRegistry
+    not_linear = {op for op in QDQRegistry if op not in ("MatMul", "Gemm")}
+    overrides, untrained = {}, []
+    for node, tensor, module in _linear_inputs(onnx_path):
+        if module not in ranges:
+            untrained.append(node)
+        elif ranges[module] > 0:
+            r = np.float32(ranges[module])
+            overrides[tensor] = [{"rmin": -r, "rmax": r}]
+    return overrides, replace(quant, exclude_op_types=sorted(not_linear | set(quant.exclude_op_types)),
+                              exclude_nodes=[*quant.exclude_nodes, *untrained],
+                              exclude_output_op_types=["MatMul", "Gemm"])
 
 
 def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[dict[str, np.ndarray]],
@@ -145,7 +159,8 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
     model.eval()
     with tempfile.TemporaryDirectory(prefix="edge-electra-qat.") as tmp:
         fp32 = export_onnx(model, Path(tmp) / "qat-fp32.onnx", ExportConfig(optimize=False)).path
-        return quantize_static(fp32, out_onnx, calibration, quant, range_overrides=_range_overrides(fp32, ranges))
+        overrides, quant = _export_plan(fp32, ranges, quant)
+        return quantize_static(fp32, out_onnx, calibration, quant, range_overrides=overrides)
 
 
 def _first(output):

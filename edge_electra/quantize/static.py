@@ -31,6 +31,7 @@ class StaticQuantConfig:
     exclude_op_types: list[str] = field(default_factory=lambda: [
         "LayerNormalization", "Softmax", "Gelu", "Erf", "Add", "Mul", "Div", "Sub", "Sqrt", "Pow"])
     exclude_nodes: list[str] = field(default_factory=list)
+    exclude_output_op_types: list[str] = field(default_factory=list)  # ops whose outputs stay float
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -102,5 +103,6 @@ def quantize_static(fp32_onnx: str | Path, out_onnx: str | Path, calibration: li
             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=methods[config.method],
             calibration_cache_path=calibration_cache,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": config.symmetric_activations,
-                           "CalibPercentile": config.percentile, "TensorQuantOverrides": range_overrides or {}})
+                           "CalibPercentile": config.percentile, "TensorQuantOverrides": range_overrides or {},
+                           "OpTypesToExcludeOutputQuantization": config.exclude_output_op_types})
     return out_onnx

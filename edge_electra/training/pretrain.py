@@ -38,6 +38,7 @@ class PretrainConfig(runtime.RunSettings):
     out: str = "runs/pretrain"
     init: str | None = None            # continue from this discriminator checkpoint (domain adaptation)
     preset: str = "small"              # the shape of a model trained from scratch
+    num_layers: int | None = None      # fewer encoder layers than the preset (from scratch only)
     tokenizer: str | None = None       # vocab.txt, tokenizer.json or a folder; default: init's, else trained
     vocab_size: int = 30522            # for a tokenizer trained from the corpus
     generator_ratio: float = 0.25      # generator width / discriminator width
@@ -60,6 +61,9 @@ class PretrainConfig(runtime.RunSettings):
             raise ConfigError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 8:
             raise ConfigError("steps and batch_size must be ≥ 1 and seq_len ≥ 8")
+        if self.num_layers is not None and (self.num_layers < 1 or self.init):
+            raise ConfigError("num_layers must be ≥ 1 and applies to a model trained from scratch; "
+                              "to shorten a checkpoint, distill or finetune it with --num-layers")
 
 
 class ReplacedTokenDetection(nn.Module):
@@ -118,7 +122,7 @@ def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
         else:
             log(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
             tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume)
-        shape = model_preset(cfg.preset)
+        shape = model_preset(cfg.preset, **({"num_layers": cfg.num_layers} if cfg.num_layers else {}))
         discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
                                               max_position=max(shape.max_position, cfg.seq_len)))
     if cfg.seq_len > discriminator.config.max_position:
@@ -224,6 +228,7 @@ def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
 @click.option("--out", help="Run folder (state, metrics, final checkpoints).")
 @click.option("--init", help="Continue from this discriminator checkpoint (domain adaptation).")
 @click.option("--preset", help="Model shape when training from scratch: small, tiny or base.")
+@click.option("--num-layers", type=int, help="Encoder layers of a model trained from scratch (default: the preset's).")
 @click.option("--tokenizer", "--vocab", "tokenizer", help="vocab.txt, tokenizer.json or folder (default: trained).")
 @click.option("--vocab-size", type=int, help="Size of a vocabulary trained from the corpus.")
 @click.option("--generator-ratio", type=float)
