@@ -14,7 +14,7 @@ from edge_electra.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
 from edge_electra.config import preset  # noqa: E402
 from edge_electra.data import Dataset, Example  # noqa: E402
-from edge_electra.errors import ConfigError, EdgeElectraError  # noqa: E402
+from edge_electra.errors import ConfigError, DataError, EdgeElectraError  # noqa: E402
 from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
 from edge_electra.model import Electra  # noqa: E402
 from edge_electra.quantize import (StaticQuantConfig, check, evaluate_gate, quantize_dynamic,  # noqa: E402
@@ -196,3 +196,22 @@ def test_budget_is_inclusive_despite_float_rounding():
     assert report.within_budget()
     report.batch1_vs_padded_agreement = 1 - 2 / BATCH1_ITEMS
     assert not report.within_budget()
+
+
+def test_qat_keeps_the_untrained_student_when_training_only_loses_agreement(setup, capsys):
+    import onnxruntime as ort
+    runs = {}
+    for name, config in {"untrained": QATConfig(steps=0), "wrecked": QATConfig(steps=20, lr=0.5, eval_every=10)}.items():
+        path = qat(setup["model"], setup["texts"], setup["tokenizer"], setup["folder"] / f"{name}.onnx", setup["feeds"],
+                   config)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = setup["tokenizer"](setup["texts"][:64]).arrays()
+        runs[name] = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+    assert "kept step 0 of 20" in capsys.readouterr().err
+    np.testing.assert_array_equal(runs["wrecked"], runs["untrained"])
+
+
+def test_qat_refuses_too_few_texts_to_hold_some_out(setup):
+    with pytest.raises(DataError, match="held out"):
+        qat(setup["model"], setup["texts"][:10], setup["tokenizer"], setup["folder"] / "few.onnx", setup["feeds"],
+            QATConfig(steps=1, batch_size=16))

@@ -3,8 +3,10 @@
 Every Linear gets fake quantization: its weight per output channel (symmetric, as ONNX Runtime quantizes
 MatMul weights) and its input per tensor with a running abs-max range. Rounding uses the straight-through
 estimator. The loss is KL(frozen FP32 copy || student) on temperature-softened logits, plus cross-entropy
-when labels are given. The result is exported to the same Q/DQ ONNX as post-training quantization, with
-the ranges learned during training pinned on the Linear inputs.
+when labels are given. Every `eval_every` steps the student's top-1 agreement with the FP32 model is
+measured on held-out texts, and the best state is kept; the first candidate is the untrained student with
+only its ranges observed, so QAT never returns less agreement than that. The result is exported to the
+same Q/DQ ONNX as post-training quantization, with the learned ranges pinned on the Linear inputs.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class QATConfig:
     range_momentum: float = 0.95     # running abs-max of each Linear input
     max_length: int = 64
     seed: int = 0
+    observe_steps: int = 20          # forward passes that set the input ranges before any weight changes
+    eval_every: int = 50             # steps between checks of held-out top-1 agreement with the FP32 model
+    holdout: int = 256               # texts kept out of training for that check (at most a fifth of them)
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -126,23 +131,61 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
     texts = train_data.texts if isinstance(train_data, Dataset) else list(train_data)
     labels = (train_data.label_ids() if isinstance(train_data, Dataset) and train_data.labels
               and all(e.label is not None for e in train_data.examples) else None)
-    if len(texts) < config.batch_size:
-        raise DataError(f"QAT needs at least {config.batch_size} training texts (batch_size), got {len(texts)}")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    shuffled = rng.sample(range(len(texts)), len(texts))
+    split = min(config.holdout, len(texts) // 5)
+    held, train = shuffled[:split], shuffled[split:]
+    if len(train) < config.batch_size or not held:
+        raise DataError(f"QAT needs a batch of {config.batch_size} training texts plus a fifth more held out "
+                        f"to check its agreement with FP32; got {len(texts)} texts")
     teacher = copy.deepcopy(model).eval()
     wrapped = insert_fake_quant(model, config.range_momentum)
-    model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+
+    def encode(indices):
+        arrays = tokenizer([texts[i] for i in indices], max_length=config.max_length).arrays()
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+    held_feeds = encode(held)
+    with torch.no_grad():
+        held_log_probs = F.log_softmax(_first(teacher(**held_feeds)), -1)
+
+    def observers(on: bool) -> None:
+        # Never dropout: the student is to match the deterministic FP32 model. Only the range observers train.
+        model.eval()
+        for module in wrapped.values():
+            module.train(on)
+
+    def agreement() -> tuple[float, float]:
+        """Held-out top-1 agreement with the FP32 model, then (to break ties) minus the KL divergence from it."""
+        observers(False)
+        with torch.no_grad():
+            logits = _first(model(**held_feeds))
+            kl = F.kl_div(F.log_softmax(logits, -1), held_log_probs, log_target=True, reduction="batchmean")
+            return (logits.argmax(-1) == held_log_probs.argmax(-1)).float().mean().item(), -kl.item()
+
     order: list[int] = []
-    with click.progressbar(range(config.steps), label="quantization-aware training",
+
+    def next_batch() -> list[int]:
+        nonlocal order
+        if len(order) < config.batch_size:
+            order += rng.sample(train, len(train))
+        batch, order = order[:config.batch_size], order[config.batch_size:]
+        return batch
+
+    with click.progressbar(length=config.observe_steps + config.steps, label="quantization-aware training",
                            file=sys.stderr) as bar:
-        for _ in bar:
-            if len(order) < config.batch_size:
-                order += rng.sample(range(len(texts)), len(texts))
-            batch, order = order[:config.batch_size], order[config.batch_size:]
-            feeds = {k: torch.from_numpy(v) for k, v in
-                     tokenizer([texts[i] for i in batch], max_length=config.max_length).arrays().items()}
+        observers(True)
+        for _ in range(config.observe_steps):
+            with torch.no_grad():
+                model(**encode(next_batch()))
+            bar.update(1)
+        best = (agreement(), 0, copy.deepcopy(model.state_dict()))
+        for step in range(1, config.steps + 1):
+            observers(True)
+            batch = next_batch()
+            feeds = encode(batch)
             with torch.no_grad():
                 target = _first(teacher(**feeds))
             logits = _first(model(**feeds))
@@ -154,6 +197,14 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if step % config.eval_every == 0 or step == config.steps:
+                score = agreement()
+                if score > best[0]:
+                    best = (score, step, copy.deepcopy(model.state_dict()))
+            bar.update(1)
+    model.load_state_dict(best[2])
+    click.echo(f"QAT: kept step {best[1]} of {config.steps}, held-out top-1 agreement with FP32 "
+               f"{100 * best[0][0]:.1f}% on {len(held)} texts", err=True)
     ranges = {name: float(m.input_absmax) for name, m in wrapped.items()}
     remove_fake_quant(model)
     model.eval()
