@@ -47,15 +47,18 @@ def step_flops(disc_cfg, gen_cfg, batch: int, seq: int, mask_prob: float) -> flo
     return 3 * forward
 
 
+def hf_config(c):
+    """Our ElectraConfig's shape as a transformers.ElectraConfig."""
+    import transformers
+    return transformers.ElectraConfig(
+        vocab_size=c.vocab_size, embedding_size=c.embedding_size, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position, layer_norm_eps=c.layer_norm_eps)
+
+
 def hf_step_module(disc_cfg, gen_cfg, mask_prob: float, rtd_weight: float = 50.0):
     """The same RTD step written with ElectraForMaskedLM + ElectraForPreTraining (shared embeddings)."""
     import transformers
-
-    def hf_config(c):
-        return transformers.ElectraConfig(
-            vocab_size=c.vocab_size, embedding_size=c.embedding_size, hidden_size=c.hidden_size,
-            num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
-            max_position_embeddings=c.max_position, layer_norm_eps=c.layer_norm_eps)
 
     class HFReplacedTokenDetection(torch.nn.Module):
         def __init__(self):
