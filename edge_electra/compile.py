@@ -49,6 +49,7 @@ class CompileRequest:
     tokenizer: Any
     reference_onnx: Path        # FP32, dynamic batch and sequence, standard ONNX ops only
     calibration_texts: list[str]
+    static_quant: dict[str, Any] = field(default_factory=dict)   # the backend's StaticQuantConfig fields
     _built: dict = field(default_factory=dict, repr=False)
 
     def export(self, path: Path, fp16: bool = False, optimize: bool = False,
@@ -79,7 +80,7 @@ class CompileRequest:
             quantize_dynamic(self.onnx_for("fp32", workdir, optimize), path)
         elif precision == "int8-static":
             from .quantize.static import StaticQuantConfig, quantize_static
-            quantize_static(self.reference_onnx, path, self.calibration_feeds(), StaticQuantConfig())
+            quantize_static(self.reference_onnx, path, self.calibration_feeds(), StaticQuantConfig(**self.static_quant))
         else:
             raise ConfigError(f"no ONNX recipe for precision {precision!r}")
         return path
@@ -257,7 +258,8 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         work = Path(tmp)
         _say(2, steps, "exporting the FP32 ONNX reference")
-        request = CompileRequest(profile, "fp32", model, tokenizer, work / REFERENCE, calibration_texts)
+        request = CompileRequest(profile, "fp32", model, tokenizer, work / REFERENCE, calibration_texts,
+                                 backend.static_quant)
         request.export(request.reference_onnx)
         inputs, outputs = specs(request.reference_onnx, profile)
         reference_runner = get_backend("onnx-mobile").load(_reference_bundle(request.reference_onnx, work, tokenizer))

@@ -220,6 +220,24 @@ def test_static_qdq_model_runs_in_ort_close_to_fp32(tiny, tmp_path):
         trt_backend.check_qdq(tiny["onnx"])
 
 
+def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny, tmp_path):
+    """ONNX Runtime gets unsigned activations (its fast CPU path), TensorRT symmetric ones; both keep the
+    outputs of weighted ops in float."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edge_electra.quantize.static import StaticQuantConfig, quantize_static
+    calibration = [example_inputs(4, 16, 100, seed=s) for s in range(3)]
+    for backend, zero_point_type in [("onnx-mobile", np.uint8), ("tensorrt", np.int8)]:
+        config = StaticQuantConfig(**get_backend(backend).static_quant)
+        graph = onnx.load(str(quantize_static(tiny["onnx"], tmp_path / f"{backend}.onnx", calibration, config))).graph
+        zero_points = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert quantizers and {zero_points[n.input[2]].dtype.type for n in quantizers} == {zero_point_type}
+        producers = {t: n.op_type for n in graph.node for t in n.output}
+        assert not {producers.get(n.input[0]) for n in quantizers} & {"MatMul", "Gemm"}
+
+
 def test_tensorrt_engine_build_and_run(tiny, tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine (needs an NVIDIA GPU)")
     settings = trt_backend.builder_settings(load_target("x86-nvidia-gpu"), "fp32",

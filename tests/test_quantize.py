@@ -165,6 +165,12 @@ def test_cli_quantizes_gates_and_leaves_nothing_on_failure(setup, tmp_path):
     ok = CliRunner().invoke(main, [*args, "--method", "minmax", "--budget", "100", "--out", str(tmp_path / "q.onnx")])
     assert ok.exit_code == 0, ok.output
     assert "top-1 agreement" in ok.output and (tmp_path / "q.onnx").is_file()
+    unsigned = CliRunner().invoke(main, [*args, "--activations", "asymmetric", "--budget", "100",
+                                         "--out", str(tmp_path / "u8.onnx")])
+    assert unsigned.exit_code == 0, unsigned.output
+    zero_point_types = {init.data_type for init in onnx.load(str(tmp_path / "u8.onnx")).graph.initializer
+                        if init.name.endswith("_zero_point") and not init.dims}
+    assert onnx.TensorProto.UINT8 in zero_point_types
     strict = CliRunner().invoke(main, [*args, "--budget", "-1", "--out", str(tmp_path / "strict.onnx")])
     assert strict.exit_code != 0 and "misses the accuracy budget" in strict.output
     assert not (tmp_path / "strict.onnx").exists()

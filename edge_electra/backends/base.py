@@ -31,6 +31,8 @@ class Backend(ABC):
     extra: str = ""
     # Modules the backend imports (lazily); `available` checks they are installed.
     requires: tuple[str, ...] = ()
+    # StaticQuantConfig fields for the Q/DQ model this backend runs at int8-static (default: the config's).
+    static_quant: dict[str, Any] = {}
 
     @abstractmethod
     def compile(self, request, workdir: Path):

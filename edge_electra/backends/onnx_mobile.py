@@ -261,6 +261,9 @@ def _dummy_feeds(onnx_path: Path, batch: int, seq: int) -> dict:
 class OnnxMobileBackend(Backend):
     extra = "onnx"
     requires = ("onnxruntime",)
+    # Unsigned activations with a zero point are ONNX Runtime's fast INT8 path on CPUs (U8S8); signed
+    # symmetric ones measured 6-10× slower than FP32 on AVX2 (benchmarks/quantization.md).
+    static_quant = {"symmetric_activations": False}
 
     def compile(self, request, workdir: Path) -> CompiledModel:
         target = request.target

@@ -41,6 +41,9 @@ def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
               help="Checkpoint folder (tokenizer + labels) or a tokenizer.json.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True)
 @click.option("--recipe", help="Calibration recipe: a name from calibration/ or a .toml file.")
+@click.option("--activations", type=click.Choice(["symmetric", "asymmetric"]), default="symmetric", show_default=True,
+              help="INT8 activations: symmetric (what TensorRT needs) or unsigned with a zero point (ONNX Runtime's "
+                   "fast CPU path).")
 @click.option("--calibration", type=click.Path(), help="Data file to calibrate on (default: the general set).")
 @click.option("--calibration-samples", type=int, help="How many calibration utterances (default: the recipe's).")
 @click.option("--eval", "eval_path", required=True, type=click.Path(), help="Labelled data file for the gate.")
@@ -51,8 +54,8 @@ def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
 @click.option("--accept-accuracy-drop", is_flag=True, help="Keep the model even if it misses the budget.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the gate report as JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def command(model, tokenizer_path, method, recipe, calibration, calibration_samples, eval_path, train_path, qat_steps,
-            budget, accept_accuracy_drop, report_path, out):
+def command(model, tokenizer_path, method, recipe, activations, calibration, calibration_samples, eval_path, train_path,
+            qat_steps, budget, accept_accuracy_drop, report_path, out):
     """Quantize MODEL (an FP32 .onnx) to INT8 and print the accuracy gate's report."""
     from .. import dataclass_io
     from ..atomic import atomic_file
@@ -72,7 +75,8 @@ def command(model, tokenizer_path, method, recipe, calibration, calibration_samp
     rec = load_recipe(recipe) if recipe else CalibrationRecipe()
     if method in METHODS[1:4]:
         rec = CalibrationRecipe(**{**dataclass_io.to_dict(rec), "method": method})
-    static = StaticQuantConfig(method=rec.method, percentile=rec.percentile)
+    static = StaticQuantConfig(method=rec.method, percentile=rec.percentile,
+                               symmetric_activations=activations == "symmetric")
     feeds = []
     if method != "dynamic":
         texts = calibration_texts(calibration, calibration_samples or rec.num_samples, rec.seed)

@@ -1,7 +1,9 @@
 """Static INT8 (post-training quantization) to explicit QuantizeLinear/DequantizeLinear ONNX.
 
 The Q/DQ graph runs in ONNX Runtime as is and is what TensorRT and OpenVINO consume. Weights are
-per-channel symmetric; activations are symmetric by default (TensorRT requires a zero point of 0).
+per-channel symmetric; activations are symmetric by default (TensorRT requires a zero point of 0), and
+each backend says what it needs (`Backend.static_quant`). Weighted ops (MatMul, Gemm) quantize their
+inputs and keep float outputs.
 LayerNorm, Softmax, GELU and the residual adds stay float: they are cheap and quantizing them costs
 the most accuracy in transformers.
 """
@@ -31,7 +33,9 @@ class StaticQuantConfig:
     exclude_op_types: list[str] = field(default_factory=lambda: [
         "LayerNormalization", "Softmax", "Gelu", "Erf", "Add", "Mul", "Div", "Sub", "Sqrt", "Pow"])
     exclude_nodes: list[str] = field(default_factory=list)
-    exclude_output_op_types: list[str] = field(default_factory=list)  # ops whose outputs stay float
+    # Weighted ops take INT8 inputs but give float outputs: one rounding fewer per Linear, and the
+    # placement TensorRT recommends for explicit Q/DQ.
+    exclude_output_op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
 
     def __post_init__(self):
         if self.method not in METHODS:
