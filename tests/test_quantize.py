@@ -218,6 +218,8 @@ def test_qat_keeps_the_untrained_student_when_training_only_loses_agreement(setu
 
 
 def test_qat_refuses_too_few_texts_to_hold_some_out(setup):
+    with pytest.raises(ConfigError, match="eval_every"):
+        QATConfig(eval_every=0)
     with pytest.raises(DataError, match="held out"):
         qat(setup["model"], setup["texts"][:10], setup["tokenizer"], setup["folder"] / "few.onnx", setup["feeds"],
             QATConfig(steps=1, batch_size=16))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..export import ExportConfig, export_onnx
 from .static import StaticQuantConfig, quantize_static
 
@@ -44,6 +44,10 @@ class QATConfig:
     observe_steps: int = 20          # forward passes that set the input ranges before any weight changes
     eval_every: int = 50             # steps between checks of held-out top-1 agreement with the FP32 model
     holdout: int = 256               # texts kept out of training for that check (at most a fifth of them)
+
+    def __post_init__(self):
+        if min(self.steps, self.observe_steps) < 0 or min(self.batch_size, self.eval_every, self.holdout) < 1:
+            raise ConfigError("QAT needs steps and observe_steps ≥ 0, and batch_size, eval_every and holdout ≥ 1")
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
