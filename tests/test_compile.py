@@ -77,7 +77,7 @@ def test_onnx_mobile_auto_keeps_the_fastest_within_budget(checkpoint, tmp_path):
     assert {"model.ort", "required_operators.config", "report.json", "tokenizer.json"} <= set(m.files)
     assert "ai.onnx;" in bundle.file("required_operators.config").read_text()
     assert m.source["sha256"] == sha256(checkpoint["folder"] / "model.safetensors")
-    assert m.tokenizer["buckets"] == [16, 32, 64] and m.tokenizer["max_length"] == 64   # cut to 64 positions
+    assert m.tokenizer["buckets"] == [8, 12, 16, 24, 32, 48, 64] and m.tokenizer["max_length"] == 64  # cut to 64
     assert m.versions["onnxruntime"] and m.runtime["execution_providers"] == ["CPUExecutionProvider"]
     assert [(t.name, t.shape) for t in m.inputs][0] == ("input_ids", [[1, 32], [8, 64]])
     assert [(t.name, t.shape) for t in m.outputs] == [("logits", [[1, 32], len(INTENTS)])]
