@@ -126,6 +126,22 @@ def test_interrupted_run_resumes_with_identical_losses(corpus, tmp_path, monkeyp
     assert (straight.parent / "generator" / "config.json").exists() and (straight.parent / "curves.png").exists()
 
 
+def test_time_limit_stops_cleanly_and_resume_finishes_with_identical_losses(corpus, tmp_path, monkeypatch):
+    import types
+    pretrain_module = sys.modules["edge_electra.training.pretrain"]   # the package exports the function by that name
+    straight = pretrain(tiny_config(corpus, tmp_path / "straight"))
+    ticks = itertools.count()
+    monkeypatch.setattr(pretrain_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    limited = pretrain(tiny_config(corpus, tmp_path / "limited", time_limit_s=8))
+    stopped_at = state.load_state(tmp_path / "limited")["step"]
+    assert 0 < stopped_at < 6 and (limited / "model.safetensors").exists()   # weights written at the stop
+    monkeypatch.undo()
+    resumed = pretrain(tiny_config(corpus, tmp_path / "limited"))
+    rows = lambda run: [json.loads(l) for l in (run.parent / "metrics.jsonl").read_text().splitlines()]
+    losses = lambda run: {r["step"]: r["loss"] for r in rows(run)}
+    assert losses(resumed) == losses(straight)
+
+
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint(corpus, tmp_path):
     cfg = tiny_config(corpus, tmp_path / "run", steps=100_000, save_every=1, log_every=50)
     dataclass_io.save(cfg, tmp_path / "cfg.toml")
