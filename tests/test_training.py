@@ -182,6 +182,8 @@ def test_from_scratch_takes_fewer_layers_and_refuses_them_with_init(corpus, tmp_
     assert gen.config.num_layers == 1
     with pytest.raises(ConfigError, match="from scratch"):
         tiny_config(corpus, tmp_path / "x", init="ckpt", num_layers=1)
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        tiny_config(corpus, tmp_path / "x", time_limit_s=-1)
 
 
 def test_init_continues_from_saved_discriminator_and_generator(corpus, tmp_path):

@@ -62,6 +62,8 @@ class PretrainConfig(runtime.RunSettings):
             raise ConfigError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 8:
             raise ConfigError("steps and batch_size must be ≥ 1 and seq_len ≥ 8")
+        if self.time_limit_s < 0:
+            raise ConfigError(f"time_limit_s must be ≥ 0 (0: no limit), got {self.time_limit_s}")
         if self.num_layers is not None and (self.num_layers < 1 or self.init):
             raise ConfigError("num_layers must be ≥ 1 and applies to a model trained from scratch; "
                               "to shorten a checkpoint, distill or finetune it with --num-layers")
