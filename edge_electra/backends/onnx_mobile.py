@@ -262,7 +262,8 @@ class OnnxMobileBackend(Backend):
     extra = "onnx"
     requires = ("onnxruntime",)
     # Unsigned activations with a zero point are ONNX Runtime's fast INT8 path on CPUs (U8S8); signed
-    # symmetric ones measured 6-10× slower than FP32 on AVX2 (benchmarks/quantization.md).
+    # symmetric ones measured 3-7× slower than FP32 on an AVX2 CPU and 6× on an AVX-512 VNNI one
+    # (benchmarks/quantization.md).
     static_quant = {"symmetric_activations": False}
 
     def compile(self, request, workdir: Path) -> CompiledModel:

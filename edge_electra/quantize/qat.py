@@ -26,7 +26,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import ConfigError, DataError
 from ..export import ExportConfig, export_onnx
-from .static import StaticQuantConfig, quantize_static
+from .static import WEIGHTED_OPS, StaticQuantConfig, quantize_static
 
 QMAX = 127
 
@@ -98,7 +98,7 @@ def _linear_inputs(onnx_path: Path) -> list[tuple[str, str, str]]:
     """(node name, input tensor, torch module path) of every MatMul/Gemm in the exported graph."""
     import onnx
     return [(node.name, node.input[0], node.name.strip("/").rsplit("/", 1)[0].replace("/", "."))
-            for node in onnx.load(str(onnx_path)).graph.node if node.op_type in ("MatMul", "Gemm")]
+            for node in onnx.load(str(onnx_path)).graph.node if node.op_type in WEIGHTED_OPS]
 
 
 def _export_plan(onnx_path: Path, ranges: dict[str, float], quant: StaticQuantConfig):
@@ -108,7 +108,7 @@ def _export_plan(onnx_path: Path, ranges: dict[str, float], quant: StaticQuantCo
     probabilities·value MatMuls among them: rounding that training never saw would undo what it learned.
     """
     from onnxruntime.quantization.registry import QDQRegistry
-    not_linear = {op for op in QDQRegistry if op not in ("MatMul", "Gemm")}
+    not_linear = {op for op in QDQRegistry if op not in WEIGHTED_OPS}
     overrides, untrained = {}, []
     for node, tensor, module in _linear_inputs(onnx_path):
         if module not in ranges:
@@ -118,7 +118,7 @@ def _export_plan(onnx_path: Path, ranges: dict[str, float], quant: StaticQuantCo
             overrides[tensor] = [{"rmin": -r, "rmax": r}]
     return overrides, replace(quant, exclude_op_types=sorted(not_linear | set(quant.exclude_op_types)),
                               exclude_nodes=[*quant.exclude_nodes, *untrained],
-                              exclude_output_op_types=["MatMul", "Gemm"])
+                              exclude_output_op_types=list(WEIGHTED_OPS))
 
 
 def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[dict[str, np.ndarray]],

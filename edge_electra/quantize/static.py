@@ -21,6 +21,7 @@ from ..atomic import atomic_file
 from ..errors import ConfigError, DataError
 
 METHODS = ("minmax", "entropy", "percentile")
+WEIGHTED_OPS = ("MatMul", "Gemm")   # what a Linear exports to
 FUSED_CONTRIB_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization")
 
 
@@ -35,7 +36,7 @@ class StaticQuantConfig:
     exclude_nodes: list[str] = field(default_factory=list)
     # Weighted ops take INT8 inputs but give float outputs: one rounding fewer per Linear, and the
     # placement TensorRT recommends for explicit Q/DQ.
-    exclude_output_op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
+    exclude_output_op_types: list[str] = field(default_factory=lambda: list(WEIGHTED_OPS))
 
     def __post_init__(self):
         if self.method not in METHODS:
