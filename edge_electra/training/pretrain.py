@@ -55,7 +55,7 @@ class PretrainConfig(runtime.RunSettings):
     save_every: int = 1000
     log_every: int = 100
     compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
-    time_limit_s: float = 0.0          # stop cleanly (state + final weights) after this long; 0: no limit
+    time_limit_s: float = 0.0          # stop cleanly (state + weights) at the first log step after this; 0: never
 
     def __post_init__(self):
         if not 0 < self.mask_prob < 1:
@@ -177,17 +177,10 @@ def _train(cfg: PretrainConfig, rt: runtime.Runtime) -> Path:
                              step=step, data=position)
 
     window, window_start = [], time.perf_counter()
-    started, stream_position = window_start, stream   # where the data stood after the last trained batch
+    started = window_start
     model.train()
     for input_ids, position in batches(packer, cfg.batch_size, rt.rank, rt.world_size):
         if step >= cfg.steps:
-            break
-        # Every process must agree to stop, or the others would wait for it in the next all-reduce.
-        if cfg.time_limit_s and rt.all_mean(float(time.perf_counter() - started >= cfg.time_limit_s)) > 0:
-            if window:
-                _log_window(cfg, rt, out, step, window, time.perf_counter() - window_start, scheduler)
-            checkpoint(stream_position)
-            rt.log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}; `--resume` continues from here")
             break
         with rt.autocast():
             result = trainer(input_ids.to(rt.device, non_blocking=True))
@@ -198,12 +191,18 @@ def _train(cfg: PretrainConfig, rt: runtime.Runtime) -> Path:
         scheduler.step()
         step += 1
         window.append(result)
+        out_of_time = False
         if step % cfg.log_every == 0 or step == cfg.steps:
             _log_window(cfg, rt, out, step, window, time.perf_counter() - window_start, scheduler)
             window, window_start = [], time.perf_counter()
-        if step % cfg.save_every == 0 or step == cfg.steps:
+            # Checked where the processes already meet, and decided together: one stopping alone would
+            # leave the others waiting in their next all-reduce.
+            out_of_time = bool(cfg.time_limit_s) and rt.all_mean(float(window_start - started >= cfg.time_limit_s)) > 0
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
             checkpoint(position)
-        stream_position = position
+        if out_of_time:
+            rt.log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}; `--resume` continues from here")
+            break
     rt.barrier()
     final = out / "discriminator"
     if rt.is_main:
@@ -263,7 +262,8 @@ def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
 @click.option("--resume/--no-resume", default=None, help="Continue from OUT/state.pt if present.")
 @click.option("--plot/--no-plot", default=None, help="Write curves.png at the end.")
 @click.option("--time-limit", "time_limit_s", type=float,
-              help="Seconds after which to stop cleanly, saving the state and the weights (0: no limit).")
+              help="Seconds after which to stop cleanly at the next log step, saving the state and the weights "
+                   "(0: no limit).")
 def command(corpus, config_file, **flags):
     """Pre-train an ELECTRA discriminator on CORPUS files; run under torchrun for several GPUs."""
     click.echo(pretrain(config_from_cli(PretrainConfig, config_file, {"corpus": corpus, **flags})))
