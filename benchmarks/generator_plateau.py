@@ -21,6 +21,7 @@ from edge_electra.model import Electra
 from edge_electra.tokenizer import Tokenizer
 from edge_electra.training.optim import adamw, warmup_linear
 from edge_electra.training.packing import Packer, batches
+from edge_electra.training.pretrain import choose_masked
 
 from pretrain_speed import hf_config
 
@@ -60,7 +61,6 @@ def main():
     optimizers = {name: adamw(m, args.lr, 0.01) for name, m in models.items()}
     schedules = {name: warmup_linear(o, args.steps // 10, args.steps) for name, o in optimizers.items()}
     special = torch.tensor([tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id])
-    masked_count = max(1, round(args.mask_prob * args.seq))
 
     seen, window = [], {name: [] for name in models}
     print(f"generator: {sum(p.numel() for p in models['edge-electra'].parameters()):,} params; "
@@ -69,8 +69,7 @@ def main():
         if step > args.steps:
             break
         seen.append(ids)
-        scores = torch.rand(ids.shape).masked_fill(torch.isin(ids, special), -1.0)
-        positions = scores.topk(masked_count, dim=1).indices
+        positions, _ = choose_masked(ids, special, args.mask_prob)
         targets = ids.gather(1, positions)
         masked = ids.scatter(1, positions, tokenizer.mask_id)
         for name, model in models.items():

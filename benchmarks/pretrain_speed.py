@@ -24,7 +24,7 @@ import torch
 
 from edge_electra.config import preset
 from edge_electra.model import Electra
-from edge_electra.training.pretrain import ReplacedTokenDetection
+from edge_electra.training.pretrain import ReplacedTokenDetection, choose_masked
 
 PAPER_SMALL_FLOPS_PER_STEP = 1.4e18 / 1_000_000  # at batch 128 × seq 128
 SPECIAL = [0, 2, 3]  # [PAD] [CLS] [SEP] in the BERT vocabulary layout
@@ -69,10 +69,7 @@ def hf_step_module(disc_cfg, gen_cfg, mask_prob: float, rtd_weight: float = 50.0
             self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
 
         def forward(self, input_ids):
-            batch, seq = input_ids.shape
-            scores = torch.rand(batch, seq, device=input_ids.device)
-            scores = scores.masked_fill(torch.isin(input_ids, torch.tensor(SPECIAL, device=input_ids.device)), -1.0)
-            positions = scores.topk(max(1, round(mask_prob * seq)), dim=1).indices
+            positions, _ = choose_masked(input_ids, torch.tensor(SPECIAL, device=input_ids.device), mask_prob)
             is_masked = torch.zeros_like(input_ids, dtype=torch.bool).scatter(1, positions, True)
             labels = input_ids.masked_fill(~is_masked, -100)
             gen = self.generator(input_ids=input_ids.masked_fill(is_masked, MASK_ID), labels=labels)

@@ -69,6 +69,17 @@ class PretrainConfig(runtime.RunSettings):
                               "to shorten a checkpoint, distill or finetune it with --num-layers")
 
 
+def choose_masked(input_ids: torch.Tensor, special_ids: torch.Tensor, mask_prob: float):
+    """(positions, valid): round(mask_prob · seq) positions per row, drawn uniformly among the non-special
+    tokens. Exactly that many per row (packed rows have no padding), so every shape stays static; `valid` is
+    False where a row had fewer non-special tokens than that."""
+    k = max(1, round(mask_prob * input_ids.shape[1]))
+    scores = torch.rand(input_ids.shape, device=input_ids.device)
+    scores = scores.masked_fill(torch.isin(input_ids, special_ids), -1.0)
+    masked_scores, positions = scores.topk(k, dim=1)
+    return positions, masked_scores >= 0
+
+
 class ReplacedTokenDetection(nn.Module):
     """Generator and discriminator with one shared embeddings module; forward returns the loss and its parts."""
 
@@ -84,13 +95,7 @@ class ReplacedTokenDetection(nn.Module):
         self.mask_id, self.mask_prob, self.rtd_weight = mask_id, mask_prob, rtd_weight
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        batch, seq = input_ids.shape
-        # Exactly k positions per row (packed rows have no padding): every shape stays static.
-        k = max(1, round(self.mask_prob * seq))
-        scores = torch.rand(batch, seq, device=input_ids.device)
-        scores = scores.masked_fill(torch.isin(input_ids, self.special_ids), -1.0)
-        masked_scores, positions = scores.topk(k, dim=1)
-        valid = masked_scores >= 0
+        positions, valid = choose_masked(input_ids, self.special_ids, self.mask_prob)
         originals = input_ids.gather(1, positions)
         masked = input_ids.scatter(1, positions, torch.where(valid, self.mask_id, originals))
 
