@@ -57,7 +57,8 @@ def main():
     shape = preset(args.preset, vocab_size=tokenizer.vocab_size,
                    **({"num_layers": args.num_layers} if args.num_layers else {}))
     generator_cfg = shape.generator(args.generator_ratio)
-    models = {"edge-electra": Electra(generator_cfg), "transformers": transformers.ElectraForMaskedLM(hf_config(generator_cfg))}
+    models = {"edge-electra": Electra(generator_cfg),
+              "transformers": transformers.ElectraForMaskedLM(hf_config(generator_cfg))}
     optimizers = {name: adamw(m, args.lr, 0.01) for name, m in models.items()}
     schedules = {name: warmup_linear(o, args.steps // 10, args.steps) for name, o in optimizers.items()}
     special = torch.tensor([tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id])

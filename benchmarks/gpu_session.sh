@@ -14,6 +14,12 @@ CARRY=gpu-carry
 OUT=${OUT:-build/gpu-session}
 mkdir -p "$OUT"
 
+on_device() {
+    # The device's python3 has everything else; the project runs from the checkout.
+    python3 -m pip install -q --no-index --find-links "$CARRY/wheels" tomli-w
+    export PYTHONPATH=$PWD
+}
+
 case "${1:-}" in
 prepare)
     mkdir -p "$CARRY/wheels" "$CARRY/data"
@@ -34,15 +40,13 @@ EOF
     du -sh "$CARRY"
     ;;
 speed)
-    python3 -m pip install -q --no-index --find-links "$CARRY/wheels" tomli-w
-    export PYTHONPATH=$PWD
+    on_device
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$OUT/gpu.csv"
     PYTHONUNBUFFERED=1 python3 benchmarks/pretrain_speed.py --preset small --batch 128 --seq 128 --steps 50 \
         --compile | tee "$OUT/pretrain_speed.json"
     ;;
 pretrain)
-    python3 -m pip install -q --no-index --find-links "$CARRY/wheels" tomli-w
-    export PYTHONPATH=$PWD
+    on_device
     # The paper's ELECTRA-Small recipe, stopped cleanly after 7 minutes; another call resumes it while the
     # machine stays warm (the state is too big to come back through $OUT: only the metrics do).
     PYTHONUNBUFFERED=1 python3 -m edge_electra.cli pretrain "$CARRY/data/sgd_train.txt" "$CARRY/data/clinc_train.jsonl" \
