@@ -25,7 +25,7 @@ test: venv
 
 # Regenerate README.md's targets table and CLI reference from targets/ and the click commands.
 docs: venv
-	$(PY) -m edge_electra.docs README.md
+	$(PY) -m edge_electra.tools.docs README.md
 
 clean:
 	rm -rf build .pytest_cache

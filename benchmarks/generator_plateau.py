@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_electra.config import preset
-from edge_electra.model import Electra
-from edge_electra.tokenizer import Tokenizer
-from edge_electra.training.optim import adamw, warmup_linear
-from edge_electra.training.packing import Packer, batches
-from edge_electra.training.pretrain import choose_masked
+from edge_electra.train.config import preset
+from edge_electra.train.model import Electra
+from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.train.optim import adamw, warmup_linear
+from edge_electra.train.packing import Packer, batches
+from edge_electra.train.pretrain import choose_masked
 
 from pretrain_speed import hf_config
 

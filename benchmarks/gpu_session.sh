@@ -32,7 +32,7 @@ prepare)
     .venv/bin/python - "$CARRY/data" <<'EOF'
 import sys
 from edge_electra.data import read_text_lines
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer
 folder = sys.argv[1]
 Tokenizer.train(read_text_lines([f"{folder}/sgd_train.txt", f"{folder}/clinc_train.jsonl"]), 30522) \
     .save_pretrained(f"{folder}/tokenizer")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_electra.bench.harness import BenchConfig, interleaved, summarize
-from edge_electra.bench.report import write_json
-from edge_electra.bench.sysinfo import system_info
+from edge_electra.tools.bench.harness import BenchConfig, interleaved, summarize
+from edge_electra.tools.bench.report import write_json
+from edge_electra.tools.bench.sysinfo import system_info
 from edge_electra.data import load
 
 

@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from edge_electra.config import preset
-from edge_electra.model import Electra
-from edge_electra.training.pretrain import ReplacedTokenDetection, choose_masked
+from edge_electra.train.config import preset
+from edge_electra.train.model import Electra
+from edge_electra.train.pretrain import ReplacedTokenDetection, choose_masked
 
 PAPER_SMALL_FLOPS_PER_STEP = 1.4e18 / 1_000_000  # at batch 128 × seq 128
 SPECIAL = [0, 2, 3]  # [PAD] [CLS] [SEP] in the BERT vocabulary layout

@@ -16,15 +16,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_electra.calibration import CalibrationRecipe, calibration_feeds, select_samples
-from edge_electra.checkpoint import load_pretrained
+from edge_electra.build.calibration import CalibrationRecipe, calibration_feeds, select_samples
+from edge_electra.train.checkpoint import load_pretrained
 from edge_electra.data import Dataset, load_folder
-from edge_electra.export import ExportConfig, export_onnx
-from edge_electra.quantize import (StaticQuantConfig, evaluate_gate, quantize_dynamic, quantize_static,
+from edge_electra.build.export import ExportConfig, export_onnx
+from edge_electra.build.quantize import (StaticQuantConfig, evaluate_gate, quantize_dynamic, quantize_static,
                                    sensitivity_search)
-from edge_electra.quantize.gate import accuracy, run_texts, session
-from edge_electra.quantize.qat import QATConfig, qat
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.build.gate import accuracy, run_texts, session
+from edge_electra.build.quantize.qat import QATConfig, qat
+from edge_electra.runtime.tokenizer import Tokenizer
 
 
 def relabel(data: Dataset, labels: list[str], limit: int | None = None) -> Dataset:

@@ -14,6 +14,6 @@ __all__ = ["Predictor", "Prediction", "__version__"]
 
 def __getattr__(name):
     if name in ("Predictor", "Prediction"):
-        from . import predictor
+        from edge_electra.runtime import predictor
         return getattr(predictor, name)
     raise AttributeError(f"module 'edge_electra' has no attribute {name!r}")

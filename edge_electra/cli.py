@@ -5,20 +5,20 @@ import importlib
 
 import click
 
-from .errors import EdgeElectraError
+from edge_electra.errors import EdgeElectraError
 
 # name → (module:attribute of its click command, one-line help)
 COMMANDS = {
     "info": ("edge_electra.cli:info", "Print a bundle's manifest summary."),
-    "targets": ("edge_electra.targets:targets_command", "List the device profiles in targets/."),
-    "pretrain": ("edge_electra.training.pretrain:command", "Pre-train with replaced-token detection (ELECTRA)."),
-    "finetune": ("edge_electra.training.distill:finetune_command", "Fine-tune a student on labelled data."),
-    "distill": ("edge_electra.training.distill:distill_command", "Distil a teacher into an ELECTRA-Small student."),
-    "export": ("edge_electra.export:command", "Export a checkpoint to ONNX (FP32, FP16, fixed shapes)."),
-    "quantize": ("edge_electra.quantize.cli:command", "Quantize an ONNX model to INT8 behind the accuracy gate."),
-    "compile": ("edge_electra.compile:command", "Build a bundle for a target device."),
-    "bench": ("edge_electra.bench.cli:command", "Measure latency, throughput, memory and accuracy of bundles."),
-    "demo": ("edge_electra.demo:command", "Run the whole pipeline on the built-in dataset."),
+    "targets": ("edge_electra.build.targets:targets_command", "List the device profiles in targets/."),
+    "pretrain": ("edge_electra.train.pretrain:command", "Pre-train with replaced-token detection (ELECTRA)."),
+    "finetune": ("edge_electra.train.distill:finetune_command", "Fine-tune a student on labelled data."),
+    "distill": ("edge_electra.train.distill:distill_command", "Distil a teacher into an ELECTRA-Small student."),
+    "export": ("edge_electra.build.export:command", "Export a checkpoint to ONNX (FP32, FP16, fixed shapes)."),
+    "quantize": ("edge_electra.build.quantize.cli:command", "Quantize an ONNX model to INT8 behind the accuracy gate."),
+    "compile": ("edge_electra.build.compile:command", "Build a bundle for a target device."),
+    "bench": ("edge_electra.tools.bench.cli:command", "Measure latency, throughput, memory and accuracy of bundles."),
+    "demo": ("edge_electra.tools.demo:command", "Run the whole pipeline on the built-in dataset."),
 }
 
 
@@ -54,7 +54,7 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def info(bundle, as_json):
     """Print a bundle's manifest summary."""
-    from .bundle import MANIFEST, Bundle
+    from edge_electra.runtime.bundle import MANIFEST, Bundle
     b = Bundle.load(bundle)
     click.echo((b.path / MANIFEST).read_text() if as_json else b.summary())
 

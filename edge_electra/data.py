@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError
+from edge_electra.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 OUT_OF_SCOPE = ("oos", "out_of_scope")

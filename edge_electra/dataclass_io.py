@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from .errors import ConfigError
+from edge_electra.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from edge_electra.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = Path(sys.prefix) / "share" / "edge-electra"

@@ -32,9 +32,9 @@ def tiny_model(max_position: int = 64, labels=None, texts=None):
     seed 0, eval mode), with a WordPiece vocabulary trained on `texts` (default: their utterances)."""
     import torch
 
-    from edge_electra.config import preset
-    from edge_electra.model import Electra
-    from edge_electra.tokenizer import Tokenizer
+    from edge_electra.train.config import preset
+    from edge_electra.train.model import Electra
+    from edge_electra.runtime.tokenizer import Tokenizer
     torch.set_num_threads(1)
     tokenizer = Tokenizer.train((texts or TEXTS) * 3, vocab_size=200, max_length=max_position)
     torch.manual_seed(0)
@@ -79,10 +79,10 @@ def tiny_bundle(tmp_path_factory):
     """
     torch = pytest.importorskip("torch")
     from edge_electra import dataclass_io
-    from edge_electra.bundle import Manifest, TensorSpec, write_bundle
-    from edge_electra.config import preset
-    from edge_electra.model import Electra
-    from edge_electra.tokenizer import Tokenizer
+    from edge_electra.runtime.bundle import Manifest, TensorSpec, write_bundle
+    from edge_electra.train.config import preset
+    from edge_electra.train.model import Electra
+    from edge_electra.runtime.tokenizer import Tokenizer
 
     built = {}
     root = tmp_path_factory.mktemp("bundles")

@@ -12,11 +12,11 @@ from edge_electra.backends import backend_names, get_backend  # noqa: E402
 from edge_electra.backends import onnx_mobile  # noqa: E402
 from edge_electra.backends import tensorrt as trt_backend  # noqa: E402
 from edge_electra.backends.base import pick_fixed, run_in_chunks  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
+from edge_electra.train.config import preset  # noqa: E402
 from edge_electra.errors import BundleError, ConfigError  # noqa: E402
-from edge_electra.export import ExportConfig, example_inputs, export_onnx  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
-from edge_electra.targets import load_target  # noqa: E402
+from edge_electra.build.export import ExportConfig, example_inputs, export_onnx  # noqa: E402
+from edge_electra.train.model import Electra  # noqa: E402
+from edge_electra.build.targets import load_target  # noqa: E402
 
 CPU = "CPUExecutionProvider"
 
@@ -202,8 +202,8 @@ def test_qdq_check_accepts_symmetric_int8_only(tmp_path):
 
 
 def test_static_qdq_model_runs_in_ort_close_to_fp32(tiny, tmp_path):
-    from edge_electra.quantize.gate import session
-    from edge_electra.quantize.static import StaticQuantConfig, quantize_static
+    from edge_electra.build.gate import session
+    from edge_electra.build.quantize.static import StaticQuantConfig, quantize_static
     calibration = [example_inputs(4, 16, 100, seed=s) for s in range(3)]
     qdq = quantize_static(tiny["onnx"], tmp_path / "qdq.onnx", calibration, StaticQuantConfig())
     import onnx
@@ -226,7 +226,7 @@ def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edge_electra.quantize.static import StaticQuantConfig, quantize_static
+    from edge_electra.build.quantize.static import StaticQuantConfig, quantize_static
     calibration = [example_inputs(4, 16, 100, seed=s) for s in range(3)]
     for backend, zero_point_type in [("onnx-mobile", np.uint8), ("tensorrt", np.int8)]:
         config = StaticQuantConfig(**get_backend(backend).static_quant)

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from edge_electra import Predictor, dataclass_io
-from edge_electra.bench import harness, report
-from edge_electra.bench.cli import command
-from edge_electra.bench.sysinfo import cpu_info, gemm_gflops
-from edge_electra.bundle import Bundle
+from edge_electra.tools.bench import harness, report
+from edge_electra.tools.bench.cli import command
+from edge_electra.tools.bench.sysinfo import cpu_info, gemm_gflops
+from edge_electra.runtime.bundle import Bundle
 from edge_electra.errors import ConfigError
 
 from conftest import LABELS, TEXTS, without_torch_env, write_dataset
@@ -64,8 +64,8 @@ def test_synthetic_texts_have_the_asked_token_length(tiny_bundle):
 
 def test_floor_flops_count_every_matmul_weight(tiny_bundle):
     torch = pytest.importorskip("torch")
-    from edge_electra.model import Electra
-    from edge_electra.config import ElectraConfig
+    from edge_electra.train.model import Electra
+    from edge_electra.train.config import ElectraConfig
     config = Bundle.load(tiny_bundle("sequence")).manifest.source["config"]
     model = Electra(dataclass_io.from_dict(ElectraConfig, config))
     encoder_weights = sum(m.weight.numel() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
@@ -130,7 +130,7 @@ def test_bench_cli_two_bundles_with_data(tiny_bundle, tmp_path):
 
 def test_bench_runs_where_torch_cannot_be_imported(tiny_bundle, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-c", "from edge_electra.bench.cli import command; command()",
+    done = subprocess.run([sys.executable, "-c", "from edge_electra.tools.bench.cli import command; command()",
                            str(tiny_bundle("sequence")), "--runs", "2", "--warmup", "0", "--batch-sizes", "1",
                            "--seq-lens", "8", "--out", str(out)],
                           env=without_torch_env(tmp_path), capture_output=True, text=True, timeout=300)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_electra.bench.cli import command
-from edge_electra.bench.remote import Remote, runtime_copy
+from edge_electra.tools.bench.cli import command
+from edge_electra.tools.bench.remote import Remote, runtime_copy
 from edge_electra.errors import ConfigError
 
 from conftest import write_dataset
@@ -33,8 +33,8 @@ def test_remote_spec_parsing():
 
 def test_runtime_copy_leaves_torch_modules_behind(tmp_path):
     package = runtime_copy(tmp_path)
-    assert (package / "predictor.py").is_file() and (package / "bench" / "cli.py").is_file()
-    assert not (package / "model.py").exists()  # imports torch at the top
+    assert (package / "runtime" / "predictor.py").is_file() and (package / "tools" / "bench" / "cli.py").is_file()
+    assert not (package / "train" / "model.py").exists()  # imports torch at the top
     for py in package.rglob("*.py"):
         assert "\nimport torch" not in "\n" + py.read_text()
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from edge_electra import builtin_data
+from edge_electra.tools import builtin_data
 from edge_electra.data import load_folder
 
 
@@ -73,7 +73,7 @@ def test_same_seed_same_splits_other_seed_other_assignment(data):
 
 
 def test_content_is_independent_of_python_hash_seed(tmp_path):
-    code = "from edge_electra import builtin_data as b; print(b.splits(3)['test'].texts[:20])"
+    code = "from edge_electra.tools import builtin_data as b; print(b.splits(3)['test'].texts[:20])"
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": s}).stdout for s in ("1", "2")}
     assert len(outputs) == 1

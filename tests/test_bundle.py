@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from edge_electra.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle, write_manifest
+from edge_electra.runtime.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle, write_manifest
 from edge_electra.errors import BundleError
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_killed_writer_leaves_no_partial_bundle(tmp_path):
     big.write_bytes(os.urandom(64 << 20))
     script = textwrap.dedent(f"""
         import sys
-        from edge_electra.bundle import Manifest, write_bundle
-        from edge_electra.tokenizer import Tokenizer
+        from edge_electra.runtime.bundle import Manifest, write_bundle
+        from edge_electra.runtime.tokenizer import Tokenizer
         tok = Tokenizer.train(["a b c"], vocab_size=30)
         m = Manifest(task="sequence", labels=["a"], backend="onnx-mobile", precision="fp32", inputs=[], outputs=[],
                      tokenizer={{}})

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from edge_electra import dataclass_io
-from edge_electra.calibration import (CalibrationRecipe, calibration_feeds, default_texts, load_recipe,
+from edge_electra.build.calibration import (CalibrationRecipe, calibration_feeds, default_texts, load_recipe,
                                       select_samples)
 from edge_electra.data import Dataset, Example
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.resources import resource_dir
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer
 
 
 def skewed_dataset():

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_electra.checkpoint import load_pretrained, resolve, save_pretrained
-from edge_electra.config import preset
+from edge_electra.train.checkpoint import load_pretrained, resolve, save_pretrained
+from edge_electra.train.config import preset
 from edge_electra.errors import CheckpointError
-from edge_electra.model import Electra
+from edge_electra.train.model import Electra
 
 SHARED = os.environ.get("EDGE_ELECTRA_SHARED")
 
@@ -100,7 +100,7 @@ def test_bert_family_checkpoint_matches_transformers():
 @pytest.mark.skipif(not SHARED or not list(Path(SHARED or ".").glob("models/electra-small*")),
                     reason="../shared holds no released ELECTRA-Small weights")
 def test_released_discriminator_flags_a_replaced_token():
-    from edge_electra.tokenizer import Tokenizer
+    from edge_electra.runtime.tokenizer import Tokenizer
     folder = next(Path(SHARED).glob("models/electra-small*discriminator*"))
     model, _ = load_pretrained(folder, task="discriminator")
     tok = Tokenizer.from_pretrained(folder)

@@ -7,11 +7,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_electra.backends import get_backend  # noqa: E402
-from edge_electra.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
-from edge_electra.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
+from edge_electra.runtime.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.build.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
 from edge_electra.errors import ConfigError  # noqa: E402
-from edge_electra.targets import load_target  # noqa: E402
+from edge_electra.build.targets import load_target  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
 
@@ -102,7 +102,7 @@ def test_android_fixed_shapes_nnapi_report_and_predictor(checkpoint, tmp_path):
     assert runner.providers == ["CPUExecutionProvider"]
     with pytest.raises(ConfigError, match="sequence lengths \\[32, 64\\]"):
         runner.run(checkpoint["tokenizer"](["play jazz"]).arrays())
-    from edge_electra.predictor import Predictor
+    from edge_electra.runtime.predictor import Predictor
     predictions = Predictor.load(path).predict_batch(PROBES)
     assert [p.label for p in predictions] == [list(INTENTS)[i] for i in
                                                torch_outputs(checkpoint["model"], checkpoint["tokenizer"](
@@ -238,7 +238,7 @@ def test_mobile_targets_build_every_bucket_and_predict(checkpoint_128, tmp_path,
     from click.testing import CliRunner
 
     from edge_electra.cli import main
-    from edge_electra.predictor import Predictor
+    from edge_electra.runtime.predictor import Predictor
     out = tmp_path / target
     result = CliRunner().invoke(main, ["compile", str(checkpoint_128["folder"]), "--target", target, "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -6,8 +6,8 @@ pytest.importorskip("openvino")
 
 
 def test_demo_builds_gated_bundles_and_a_report(tmp_path, monkeypatch, capsys):
-    from edge_electra.bundle import Bundle
-    from edge_electra.demo import DemoConfig, run_demo
+    from edge_electra.runtime.bundle import Bundle
+    from edge_electra.tools.demo import DemoConfig, run_demo
     monkeypatch.setenv("EDGE_ELECTRA_SHARED", str(tmp_path / "no-shared"))   # the from-scratch path
     result = run_demo(DemoConfig(out=str(tmp_path / "build"), epochs=2, threads=1, bench_runs=3))
     bundles = {b["name"]: b for b in result["bundles"]}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_electra import docs
+from edge_electra.tools import docs
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_generated_blocks_are_fresh():
     # In a fresh interpreter, as `make docs` runs it: click caches each command's help option on first
     # use, so commands that other tests invoked on their own would render differently in this process.
-    result = subprocess.run([sys.executable, "-m", "edge_electra.docs", str(README), "--check"],
+    result = subprocess.run([sys.executable, "-m", "edge_electra.tools.docs", str(README), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -26,7 +26,7 @@ def test_readme_opens_with_the_two_commands():
 
 def test_every_command_and_target_is_in_the_readme():
     from edge_electra.cli import COMMANDS
-    from edge_electra.targets import target_names
+    from edge_electra.build.targets import target_names
     text = README.read_text(encoding="utf-8")
     assert all(f"#### `edge-electra {name}`" in text for name in COMMANDS)
     assert all(f"| `{name}` |" in text for name in target_names())

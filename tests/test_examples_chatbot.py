@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-from edge_electra import builtin_data
+from edge_electra.tools import builtin_data
 
 CHATBOT = Path(__file__).resolve().parents[1] / "examples" / "chatbot"
 sys.path.insert(0, str(CHATBOT))
@@ -71,7 +71,7 @@ def chat(bundle, *args, block_torch=True):
 
 
 def test_scripted_chat_replies_line_by_line_without_torch(tiny_bundle):
-    from edge_electra.predictor import Predictor
+    from edge_electra.runtime.predictor import Predictor
     bundle = tiny_bundle(task="joint")
     run = chat(bundle, "--debug")
     assert run.returncode == 0, run.stderr

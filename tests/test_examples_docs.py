@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from edge_electra import cli
-from edge_electra.bundle import Bundle
+from edge_electra.runtime.bundle import Bundle
 from edge_electra.data import load
-from edge_electra.targets import target_names
+from edge_electra.build.targets import target_names
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 READMES = sorted(EXAMPLES.glob("*/README.md"))
@@ -68,10 +68,10 @@ def test_sample_csv_is_a_usable_dataset():
 def tiny_checkpoint(tmp_path):
     """A random preset("tiny") ELECTRA with a vocabulary from the sample CSV: stands in for a pre-trained one."""
     torch = pytest.importorskip("torch")
-    from edge_electra.checkpoint import save_pretrained
-    from edge_electra.config import preset
-    from edge_electra.model import Electra
-    from edge_electra.tokenizer import Tokenizer
+    from edge_electra.train.checkpoint import save_pretrained
+    from edge_electra.train.config import preset
+    from edge_electra.train.model import Electra
+    from edge_electra.runtime.tokenizer import Tokenizer
     torch.manual_seed(0)
     tokenizer = Tokenizer.train(load(EXAMPLES / "custom_data" / "data.csv").texts, vocab_size=300)
     model = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, task="discriminator"))

@@ -6,12 +6,12 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
+from edge_electra.train.config import preset  # noqa: E402
 from edge_electra.errors import ConfigError  # noqa: E402
-from edge_electra.export import ExportConfig, example_inputs, export_onnx  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
+from edge_electra.build.export import ExportConfig, example_inputs, export_onnx  # noqa: E402
+from edge_electra.train.model import Electra  # noqa: E402
 
 LAYERS = 3
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from edge_electra.checkpoint import load_pretrained, save_pretrained
-from edge_electra.config import preset
-from edge_electra.model import Electra
+from edge_electra.train.checkpoint import load_pretrained, save_pretrained
+from edge_electra.train.config import preset
+from edge_electra.train.model import Electra
 
 transformers = pytest.importorskip("transformers", reason="transformers is the test-only reference")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_electra import Prediction, Predictor
-from edge_electra.bundle import MANIFEST, Bundle, write_manifest
+from edge_electra.runtime.bundle import MANIFEST, Bundle, write_manifest
 from edge_electra.errors import BundleError, DataError
 
 from conftest import LABELS, SLOT_LABELS, TEXTS, without_torch_env

@@ -9,19 +9,19 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from edge_electra.calibration import calibration_feeds, default_texts  # noqa: E402
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.build.calibration import calibration_feeds, default_texts  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.config import preset  # noqa: E402
+from edge_electra.train.config import preset  # noqa: E402
 from edge_electra.data import Dataset, Example  # noqa: E402
 from edge_electra.errors import ConfigError, DataError, EdgeElectraError  # noqa: E402
-from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
-from edge_electra.model import Electra  # noqa: E402
-from edge_electra.quantize import (StaticQuantConfig, check, evaluate_gate, quantize_dynamic,  # noqa: E402
+from edge_electra.build.export import ExportConfig, export_onnx  # noqa: E402
+from edge_electra.train.model import Electra  # noqa: E402
+from edge_electra.build.quantize import (StaticQuantConfig, check, evaluate_gate, quantize_dynamic,  # noqa: E402
                                    quantize_static)
-from edge_electra.quantize.qat import QATConfig, qat  # noqa: E402
-from edge_electra.quantize.sensitivity import sensitivity_search  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
+from edge_electra.build.quantize.qat import QATConfig, qat  # noqa: E402
+from edge_electra.build.quantize.sensitivity import sensitivity_search  # noqa: E402
+from edge_electra.runtime.tokenizer import Tokenizer  # noqa: E402
 
 # A keyword-labelled intent task over the general calibration set: enough signal to train in seconds.
 KEYWORDS = {"home": r"light|lamp|door|thermostat|heat|fan|blinds|garage|oven|vacuum",
@@ -195,7 +195,7 @@ def test_cli_qat_fine_tunes_from_the_checkpoint_and_needs_training_data(setup, t
 
 
 def test_budget_is_inclusive_despite_float_rounding():
-    from edge_electra.quantize.gate import BATCH1_ITEMS, GateReport
+    from edge_electra.build.gate import BATCH1_ITEMS, GateReport
     one_flip = 1 - 1 / BATCH1_ITEMS   # 0.995: 1 - 0.995 is slightly over 0.005 in floats
     report = GateReport(accuracy_fp32=88.13, accuracy=87.63, accuracy_delta=87.63 - 88.13, top1_agreement=0.99,
                         max_abs_logit_delta=0.1, batch1_vs_padded_agreement=one_flip, passed=False, budget=0.5)

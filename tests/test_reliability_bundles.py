@@ -28,12 +28,12 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edge_electra.bundle import FORMAT_VERSION, MANIFEST, Bundle, sha256, write_manifest  # noqa: E402
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.runtime.bundle import FORMAT_VERSION, MANIFEST, Bundle, sha256, write_manifest  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.compile import compile_bundle  # noqa: E402
+from edge_electra.build.compile import compile_bundle  # noqa: E402
 from edge_electra.errors import BundleError  # noqa: E402
-from edge_electra.predictor import Predictor  # noqa: E402
+from edge_electra.runtime.predictor import Predictor  # noqa: E402
 
 from conftest import LABELS, TEXTS, tiny_model  # noqa: E402
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
+from edge_electra.build.export import ExportConfig, export_onnx  # noqa: E402
 
 from conftest import INTENTS, tiny_model  # noqa: E402
 

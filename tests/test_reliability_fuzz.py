@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_electra.errors import EdgeElectraError
-from edge_electra.predictor import Prediction, Predictor
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.runtime.predictor import Prediction, Predictor
+from edge_electra.runtime.tokenizer import Tokenizer
 
 from conftest import TEXTS
 

@@ -33,12 +33,12 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_electra.bundle import MANIFEST, Bundle  # noqa: E402
-from edge_electra.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.runtime.bundle import MANIFEST, Bundle  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
-from edge_electra.compile import WORKDIR_PREFIX, compile_bundle  # noqa: E402
-from edge_electra.export import ExportConfig, export_onnx  # noqa: E402
-from edge_electra.predictor import Predictor  # noqa: E402
+from edge_electra.build.compile import WORKDIR_PREFIX, compile_bundle  # noqa: E402
+from edge_electra.build.export import ExportConfig, export_onnx  # noqa: E402
+from edge_electra.runtime.predictor import Predictor  # noqa: E402
 
 from conftest import LABELS, TEXTS, tiny_model, write_dataset  # noqa: E402
 
@@ -54,7 +54,7 @@ PHASES: dict[str, collections.Counter] = collections.defaultdict(collections.Cou
 FORK_SERVER = """
 import json, os, sys, traceback
 import torch, torch.onnx, onnx
-import edge_electra.cli, edge_electra.compile, edge_electra.quantize.cli, edge_electra.export
+import edge_electra.cli, edge_electra.build.compile, edge_electra.build.quantize.cli, edge_electra.build.export
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from edge_electra.predictor import Prediction, Predictor
+from edge_electra.runtime.predictor import Prediction, Predictor
 
 from conftest import TEXTS
 

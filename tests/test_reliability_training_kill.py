@@ -19,10 +19,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge_electra import builtin_data  # noqa: E402
-from edge_electra.tokenizer import Tokenizer  # noqa: E402
-from edge_electra.training import state  # noqa: E402
-from edge_electra.training.options import TRAINED_TOKENIZER  # noqa: E402
+from edge_electra.tools import builtin_data  # noqa: E402
+from edge_electra.runtime.tokenizer import Tokenizer  # noqa: E402
+from edge_electra.train import state  # noqa: E402
+from edge_electra.train.options import TRAINED_TOKENIZER  # noqa: E402
 
 STEPS = 150
 EVERY = 10

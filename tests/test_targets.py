@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from edge_electra import dataclass_io
 from edge_electra.errors import ConfigError
-from edge_electra.targets import BACKEND_PRECISIONS, TargetProfile, load_target, target_names, targets_command
+from edge_electra.build.targets import BACKEND_PRECISIONS, TargetProfile, load_target, target_names, targets_command
 
 REQUIRED = {"x86-avx2-cpu": "onnx-mobile", "x86-vnni-cpu": "openvino", "intel-igpu": "openvino",
             "intel-npu": "openvino", "android-arm64": "onnx-mobile", "ios-arm64": "onnx-mobile",

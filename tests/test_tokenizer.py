@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_electra.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer
 
 SHARED = os.environ.get("EDGE_ELECTRA_SHARED")
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from edge_electra import dataclass_io
-from edge_electra.config import preset
-from edge_electra.model import Electra
-from edge_electra.tokenizer import Tokenizer
-from edge_electra.training import PretrainConfig, pretrain, state
-from edge_electra.training.evaluate import classification_report, roc_auc, slot_f1, spans
-from edge_electra.training.packing import Packer, token_ids
-from edge_electra.training.pretrain import ReplacedTokenDetection
+from edge_electra.train.config import preset
+from edge_electra.train.model import Electra
+from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.train import PretrainConfig, pretrain, state
+from edge_electra.train.evaluate import classification_report, roc_auc, slot_f1, spans
+from edge_electra.train.packing import Packer, token_ids
+from edge_electra.train.pretrain import ReplacedTokenDetection
 
 WORDS = "turn on the lights play some jazz what is weather in paris will it rain tomorrow set an alarm for seven".split()
 
@@ -128,7 +128,7 @@ def test_interrupted_run_resumes_with_identical_losses(corpus, tmp_path, monkeyp
 
 def test_time_limit_stops_cleanly_and_resume_finishes_with_identical_losses(corpus, tmp_path, monkeypatch):
     import types
-    pretrain_module = sys.modules["edge_electra.training.pretrain"]   # the package exports the function by that name
+    pretrain_module = sys.modules["edge_electra.train.pretrain"]   # the package exports the function by that name
     straight = pretrain(tiny_config(corpus, tmp_path / "straight"))
     ticks = itertools.count()
     monkeypatch.setattr(pretrain_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
@@ -145,7 +145,7 @@ def test_time_limit_stops_cleanly_and_resume_finishes_with_identical_losses(corp
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint(corpus, tmp_path):
     cfg = tiny_config(corpus, tmp_path / "run", steps=100_000, save_every=1, log_every=50)
     dataclass_io.save(cfg, tmp_path / "cfg.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_electra.training.pretrain", "--config", str(tmp_path / "cfg.toml")],
+    proc = subprocess.Popen([sys.executable, "-m", "edge_electra.train.pretrain", "--config", str(tmp_path / "cfg.toml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / "run" / "state.pt").exists():
@@ -162,7 +162,7 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint(corpus, tmp_path):
 
 def test_two_gloo_processes_train_with_ddp(corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "edge_electra.training.pretrain", str(corpus / "corpus.txt"), "--out", str(tmp_path / "ddp"),
+           "-m", "edge_electra.train.pretrain", str(corpus / "corpus.txt"), "--out", str(tmp_path / "ddp"),
            "--preset", "tiny", "--tokenizer", str(corpus), "--seq-len", "32", "--batch-size", "2", "--steps", "3",
            "--warmup-steps", "1", "--log-every", "1", "--device", "cpu", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -176,7 +176,7 @@ def test_two_gloo_processes_train_with_ddp(corpus, tmp_path):
 
 def test_from_scratch_takes_fewer_layers_and_refuses_them_with_init(corpus, tmp_path):
     from edge_electra.errors import ConfigError
-    from edge_electra.training.pretrain import build
+    from edge_electra.train.pretrain import build
     disc, gen, _ = build(tiny_config(corpus, tmp_path / "short", preset="small", num_layers=1))
     assert (disc.config.num_layers, disc.config.hidden_size, len(disc.encoder.layers)) == (1, 256, 1)
     assert gen.config.num_layers == 1
@@ -187,8 +187,8 @@ def test_from_scratch_takes_fewer_layers_and_refuses_them_with_init(corpus, tmp_
 
 
 def test_init_continues_from_saved_discriminator_and_generator(corpus, tmp_path):
-    from edge_electra.checkpoint import load_pretrained
-    from edge_electra.training.pretrain import build
+    from edge_electra.train.checkpoint import load_pretrained
+    from edge_electra.train.pretrain import build
     first = pretrain(tiny_config(corpus, tmp_path / "first", steps=1))
     disc, gen, tok = build(tiny_config(corpus, tmp_path / "again", init=str(first), tokenizer=None))
     for model, folder in [(disc, first), (gen, first.parent / "generator")]:

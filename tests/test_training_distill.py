@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from edge_electra import dataclass_io
-from edge_electra.checkpoint import load_pretrained
-from edge_electra.config import preset
+from edge_electra.train.checkpoint import load_pretrained
+from edge_electra.train.config import preset
 from edge_electra.errors import ConfigError
-from edge_electra.model import Electra
-from edge_electra.tokenizer import Tokenizer
-from edge_electra.training import DistillConfig, distill, finetune, state
-from edge_electra.training import teacher as teacher_module
-from edge_electra.training.distill import loss_terms, select_layers
-from edge_electra.training.labelled import IGNORE, encode
-from edge_electra.training.options import config_from_cli
+from edge_electra.train.model import Electra
+from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.train import DistillConfig, distill, finetune, state
+from edge_electra.train import teacher as teacher_module
+from edge_electra.train.distill import loss_terms, select_layers
+from edge_electra.train.labelled import IGNORE, encode
+from edge_electra.train.options import config_from_cli
 
 CITIES, ARTISTS = ["paris", "london", "tokyo", "berlin"], ["adele", "queen", "muse", "abba"]
 TEMPLATES = {  # (text, tags) per intent; {c} is a city, {a} an artist

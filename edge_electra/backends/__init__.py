@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import ConfigError
-from .base import Backend, Runner
+from edge_electra.errors import ConfigError
+from edge_electra.backends.base import Backend, Runner
 
 _REGISTRY: dict[str, type[Backend]] = {}
 # Backend name → module that registers it; imported on first use only.

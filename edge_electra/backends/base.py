@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import ConfigError
+from edge_electra.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..bundle import Bundle
+    from edge_electra.runtime.bundle import Bundle
 
 
 class Runner(Protocol):
@@ -36,7 +36,7 @@ class Backend(ABC):
 
     @abstractmethod
     def compile(self, request, workdir: Path):
-        """Build this backend's model files from a compile request (see edge_electra.compile).
+        """Build this backend's model files from a compile request (see edge_electra.build.compile).
 
         Returns a CompiledModel: {bundle file name: path in workdir}, and manifest fields
         (precision, inputs, outputs, runtime options).

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError
-from . import register
-from .base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks
+from edge_electra.errors import BundleError, ConfigError
+from edge_electra.backends import register
+from edge_electra.backends.base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CPU = "CPUExecutionProvider"

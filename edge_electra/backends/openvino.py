@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError
-from . import register
-from .base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks, user_cache_dir
+from edge_electra.errors import BundleError, ConfigError
+from edge_electra.backends import register
+from edge_electra.backends.base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks, user_cache_dir
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 

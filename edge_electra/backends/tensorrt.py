@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError
-from . import register
-from .base import Backend, CompiledModel, check_feeds, user_cache_dir
+from edge_electra.errors import BundleError, ConfigError
+from edge_electra.backends import register
+from edge_electra.backends.base import Backend, CompiledModel, check_feeds, user_cache_dir
 
 ENGINE = "model.engine"
 MAGIC = b"EDGE-ELECTRA-TRT"

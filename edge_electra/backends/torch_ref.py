@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError
-from . import register
-from .base import Backend, CompiledModel, check_feeds
+from edge_electra.errors import BundleError, ConfigError
+from edge_electra.backends import register
+from edge_electra.backends.base import Backend, CompiledModel, check_feeds
 
 FILES = ("config.json", "model.safetensors")
 
@@ -18,7 +18,7 @@ FILES = ("config.json", "model.safetensors")
 class TorchRunner:
     def __init__(self, folder: Path, device: str, threads: int):
         import torch
-        from ..checkpoint import load_pretrained
+        from edge_electra.train.checkpoint import load_pretrained
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
         if threads:
@@ -45,7 +45,7 @@ class TorchBackend(Backend):
     requires = ("torch", "safetensors")
 
     def compile(self, request, workdir: Path) -> CompiledModel:
-        from ..checkpoint import save_pretrained
+        from edge_electra.train.checkpoint import save_pretrained
         if request.precision != "fp32":
             raise ConfigError(f"the torch reference runs fp32 only, not {request.precision}")
         folder = save_pretrained(request.model, workdir / "checkpoint")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assistant import respond  # noqa: E402
 
 from edge_electra.errors import EdgeElectraError  # noqa: E402
-from edge_electra.predictor import Predictor  # noqa: E402
+from edge_electra.runtime.predictor import Predictor  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

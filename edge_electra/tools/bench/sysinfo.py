@@ -1,0 +1,74 @@
+"""The environment a measurement was taken in, and the machine's float32 GEMM rate (the compute floor)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_electra.runtime.bundle import library_versions
+
+# CPU features that decide which kernels a runtime can use.
+INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                     "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
+RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "tensorrt", "click")
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """Model name and the interesting feature flags (x86 'flags' or ARM 'Features')."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware", "cpu model") and value.strip():
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags.update(value.split())
+    return {"model": model, "flags": [f for f in INTERESTING_FLAGS if f in flags],
+            "logical_cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def gemm_gflops(size: int = 512, seconds: float = 0.3) -> float:
+    """Sustained float32 matmul rate numpy reaches here, in GFLOP/s (best of repeated runs)."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def gemm_gflops_at(threads: int | None) -> float:
+    """The GEMM rate on `threads` cores: measured in a fresh interpreter whose BLAS is capped to them
+    (a BLAS sizes its thread pool once, at import). None: every core, measured here."""
+    if not threads:
+        return gemm_gflops()
+    env = {**os.environ, **{name: str(threads) for name in BLAS_THREAD_VARIABLES}}
+    done = subprocess.run([sys.executable, "-c", "from edge_electra.tools.bench.sysinfo import gemm_gflops; "
+                           "print(gemm_gflops())"], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the GEMM measurement failed: {done.stderr.strip()[-500:]}")
+    return float(done.stdout)
+
+
+def system_info(threads: int | None = None) -> dict:
+    return {
+        "cpu": cpu_info(),
+        "threads": threads,
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "versions": library_versions(*RUNTIME_LIBRARIES),
+        "gemm_gflops": round(gemm_gflops_at(threads), 2),
+        "gemm_threads": threads or "all",
+    }

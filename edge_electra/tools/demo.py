@@ -1,0 +1,128 @@
+"""`edge-electra demo`: the whole pipeline on the built-in smart-home dataset, on a laptop CPU.
+
+train a student → quantize behind the accuracy gate → compile for two CPU targets → benchmark
+against torch eager → a table, bundles and a PNG report in the output folder.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from edge_electra.errors import ConfigError
+
+# What the built-in tiny student reaches on the built-in test split when trained from scratch here.
+EXPECTED_FROM_SCRATCH = "85-94% intent accuracy on its test split"
+
+
+@dataclass
+class DemoConfig:
+    out: str = "build"
+    init: str | None = None          # a pretrained ELECTRA checkpoint folder to start from
+    epochs: int = 40
+    threads: int = 2
+    targets: list[str] = field(default_factory=lambda: ["x86-avx2-cpu", "x86-vnni-cpu"])
+    bench_runs: int = 60
+
+
+def pretrained_electra(explicit: str | None) -> Path | None:
+    """A user-given checkpoint, else released ELECTRA-Small weights in ../shared when they are there."""
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise ConfigError(f"--init {explicit} is not a checkpoint folder")
+        return Path(explicit)
+    shared = Path(os.environ.get("EDGE_ELECTRA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    return next(iter(sorted(shared.glob("models/electra-small*discriminator*"))), None)
+
+
+class Steps:
+    def __init__(self, total: int):
+        self.total, self.number, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        self.number += 1
+        elapsed = time.perf_counter() - self.started
+        click.secho(f"\n=== demo step {self.number} of {self.total}: {message}  (t+{elapsed:.0f}s)", bold=True, err=True)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from edge_electra.tools import builtin_data
+    from edge_electra.tools.bench import report
+    from edge_electra.tools.bench.harness import BenchConfig, run_bench
+    from edge_electra.tools.bench.sysinfo import system_info
+    from edge_electra.build.compile import compile_bundle
+    from edge_electra.train import DistillConfig, finetune
+
+    out = Path(cfg.out)
+    step = Steps(5)
+    step("writing the built-in smart-home dataset")
+    data = out / "data"
+    builtin_data.write(data)
+    splits = builtin_data.splits()
+    click.echo(f"      {data}: {len(splits['train'])} train / {len(splits['validation'])} validation / "
+               f"{len(splits['test'])} test utterances, {len(splits['train'].labels)} intents incl. out-of-scope, "
+               f"{len(splits['train'].slot_labels)} slot tags", err=True)
+
+    init = pretrained_electra(cfg.init)
+    if init:
+        step(f"fine-tuning the pretrained ELECTRA in {init} (intent + slots)")
+        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), init=str(init), epochs=3, lr=1e-4,
+                                  batch_size=32, max_length=32, threads=cfg.threads, patience=0)
+    else:
+        step(f"training a tiny student from scratch (intent + slots): no pretrained ELECTRA weights were given "
+             f"(--init) or found in ../shared; expect {EXPECTED_FROM_SCRATCH}")
+        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), preset="tiny", epochs=cfg.epochs,
+                                  lr=2e-3, batch_size=16, max_length=32, threads=cfg.threads, patience=0,
+                                  resume=False)
+    checkpoint = finetune(train_cfg)
+
+    step("quantizing and compiling, every candidate behind the accuracy gate")
+    bundles = []
+    for target in [*cfg.targets, "torch-reference"]:
+        click.echo(f"      target {target}", err=True)
+        bundles.append(compile_bundle(checkpoint, target, out / "bundles" / target, precision="auto",
+                                      calibration=data / "train.jsonl", eval_data=data / "validation.jsonl",
+                                      threads=cfg.threads))
+
+    step("benchmarking the bundles against torch eager on the test utterances")
+    bench_cfg = BenchConfig(batch_sizes=[1], seq_lens=[16], runs=cfg.bench_runs, warmup=5, threads=cfg.threads,
+                            data=str(data / "test.jsonl"))
+    result = run_bench(bundles, bench_cfg, system_info(cfg.threads))
+
+    step("report")
+    click.echo(report.table(result))
+    written = report.write_all(result, out / "report")
+    click.echo(summary(result, checkpoint, bundles, written))
+    return result
+
+
+def summary(result: dict, checkpoint: Path, bundles: list[Path], written: dict) -> str:
+    by_name = {b["name"]: b for b in result["bundles"]}
+    replay = {r["bundle"]: r for r in result["results"] if r["source"] == "data" and r["mode"] == "end_to_end"}
+    baseline = replay.get("torch-reference", {}).get("p50_ms")
+    lines = ["", "Built:", f"  student checkpoint  {checkpoint}"]
+    for path in bundles:
+        b, r = by_name.get(path.name, {}), replay.get(path.name, {})
+        accuracy = b.get("accuracy", {}).get("intent_accuracy")
+        speedup = f"{baseline / r['p50_ms']:.1f}x torch eager" if baseline and r.get("p50_ms") else ""
+        lines.append(f"  {path}  {b.get('backend', '')} {b.get('precision', '')}"
+                     + (f"  intent accuracy {accuracy:.1%}" if accuracy is not None else "")
+                     + (f"  p50 {r['p50_ms']:.2f} ms" if r.get("p50_ms") else "") + (f"  {speedup}" if speedup else ""))
+    lines.append("  report  " + ", ".join(str(p) for p in written.values() if p))
+    lines.append("Try it:  edge-electra info " + str(bundles[0]))
+    lines.append(f"         python examples/chatbot/chatbot.py {bundles[0]}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
+              help="Where the data, checkpoints, bundles and report go.")
+@click.option("--init", default=None, type=click.Path(), help="A pretrained ELECTRA checkpoint folder to start from.")
+@click.option("--epochs", default=DemoConfig.epochs, show_default=True, help="Epochs for a from-scratch student.")
+@click.option("--threads", default=DemoConfig.threads, show_default=True, help="CPU threads for training and timing.")
+def command(out, init, epochs, threads):
+    """Run the whole pipeline on the built-in dataset: train, quantize, compile, benchmark."""
+    run_demo(DemoConfig(out=out, init=init, epochs=epochs, threads=threads))

@@ -1,0 +1,40 @@
+"""Command-line configs (a TOML/JSON file, then the flags on top) and the tokenizer paths they name."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from edge_electra import dataclass_io
+from edge_electra.atomic import atomic_dir
+from edge_electra.runtime.tokenizer import Tokenizer
+
+TRAINED_TOKENIZER = "trained-tokenizer"
+
+T = TypeVar("T")
+
+
+def config_from_cli(cls: type[T], config_file: str | None, flags: dict) -> T:
+    """Flags left unset (None, or an empty tuple for repeatable ones) keep the file's or the default value."""
+    base = dataclass_io.to_dict(dataclass_io.load(cls, config_file)) if config_file else {}
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
+    return dataclass_io.from_dict(cls, {**base, **given}, source=config_file or "command line")
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """A tokenizer from a folder (tokenizer.json or vocab.txt), a tokenizer.json, or a vocab.txt."""
+    path = Path(source)
+    if path.is_dir():
+        return Tokenizer.from_pretrained(path)
+    return Tokenizer.from_file(path) if path.suffix == ".json" else Tokenizer.from_vocab(path)
+
+
+def trained_tokenizer(texts, vocab_size: int, run_dir: str | Path, resume: bool) -> Tokenizer:
+    """A WordPiece vocabulary learnt from `texts`, kept in the run folder. `tokenizers`' trainer breaks ties
+    differently in every process, so a resumed run must reuse the vocabulary its checkpoint was trained with."""
+    folder = Path(run_dir) / TRAINED_TOKENIZER
+    if resume and (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_pretrained(folder)
+    tokenizer = Tokenizer.train(texts, vocab_size=vocab_size)
+    with atomic_dir(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+    return tokenizer

@@ -1,0 +1,278 @@
+"""ELECTRA pre-training by replaced-token detection (Clark et al., 2020).
+
+A small masked-LM generator fills 15% masked positions with samples from its softmax; the
+discriminator learns which tokens were replaced. Both share one embeddings module and train
+together: loss = MLM + λ·RTD. Text is streamed and packed into full blocks; a state checkpoint
+(models, optimizer, schedule, RNGs, stream position) lets a killed run continue with no lost steps.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_electra import dataclass_io
+from edge_electra.train.checkpoint import load_pretrained, save_pretrained
+from edge_electra.train.config import preset as model_preset
+from edge_electra.data import read_text_lines
+from edge_electra.errors import ConfigError
+from edge_electra.train.model import Electra
+from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.train import curves, placement, state
+from edge_electra.train.evaluate import roc_auc
+from edge_electra.train.optim import adamw, warmup_linear
+from edge_electra.train.options import config_from_cli, load_tokenizer, trained_tokenizer
+from edge_electra.train.packing import Packer, batches
+
+
+@dataclass
+class PretrainConfig(placement.RunSettings):
+    """Defaults follow the ELECTRA-Small recipe of the paper (Table 6)."""
+    corpus: list[str] = field(default_factory=list)   # text files (one utterance a line) or JSONL with "text"
+    out: str = "runs/pretrain"
+    init: str | None = None            # continue from this discriminator checkpoint (domain adaptation)
+    preset: str = "small"              # the shape of a model trained from scratch
+    num_layers: int | None = None      # fewer encoder layers than the preset (from scratch only)
+    tokenizer: str | None = None       # vocab.txt, tokenizer.json or a folder; default: init's, else trained
+    vocab_size: int = 30522            # for a tokenizer trained from the corpus
+    generator_ratio: float = 0.25      # generator width / discriminator width
+    mask_prob: float = 0.15
+    rtd_weight: float = 50.0           # λ
+    seq_len: int = 128
+    batch_size: int = 128              # per process
+    steps: int = 1_000_000
+    lr: float = 5e-4
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    max_grad_norm: float = 1.0
+    save_every: int = 1000
+    log_every: int = 100
+    compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
+    time_limit_s: float = 0.0          # stop cleanly (state + weights) at the first log step after this; 0: never
+
+    def __post_init__(self):
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError(f"mask_prob must be between 0 and 1, got {self.mask_prob}")
+        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 8:
+            raise ConfigError("steps and batch_size must be ≥ 1 and seq_len ≥ 8")
+        if self.time_limit_s < 0:
+            raise ConfigError(f"time_limit_s must be ≥ 0 (0: no limit), got {self.time_limit_s}")
+        if self.num_layers is not None and (self.num_layers < 1 or self.init):
+            raise ConfigError("num_layers must be ≥ 1 and applies to a model trained from scratch; "
+                              "to shorten a checkpoint, distill or finetune it with --num-layers")
+
+
+def choose_masked(input_ids: torch.Tensor, special_ids: torch.Tensor, mask_prob: float):
+    """(positions, valid): round(mask_prob · seq) positions per row, drawn uniformly among the non-special
+    tokens. Exactly that many per row (packed rows have no padding), so every shape stays static; `valid` is
+    False where a row had fewer non-special tokens than that."""
+    k = max(1, round(mask_prob * input_ids.shape[1]))
+    scores = torch.rand(input_ids.shape, device=input_ids.device)
+    scores = scores.masked_fill(torch.isin(input_ids, special_ids), -1.0)
+    masked_scores, positions = scores.topk(k, dim=1)
+    return positions, masked_scores >= 0
+
+
+class ReplacedTokenDetection(nn.Module):
+    """Generator and discriminator with one shared embeddings module; forward returns the loss and its parts."""
+
+    def __init__(self, discriminator: Electra, generator: Electra, special_ids: list[int], mask_id: int,
+                 mask_prob: float = 0.15, rtd_weight: float = 50.0):
+        super().__init__()
+        if generator.config.embedding_size != discriminator.config.embedding_size:
+            raise ConfigError("the generator's embedding_size must equal the discriminator's to share embeddings")
+        generator.encoder.embeddings = discriminator.encoder.embeddings
+        generator.head.word_embeddings = discriminator.encoder.embeddings.word
+        self.discriminator, self.generator = discriminator, generator
+        self.register_buffer("special_ids", torch.tensor(special_ids), persistent=False)
+        self.mask_id, self.mask_prob, self.rtd_weight = mask_id, mask_prob, rtd_weight
+
+    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        positions, valid = choose_masked(input_ids, self.special_ids, self.mask_prob)
+        originals = input_ids.gather(1, positions)
+        masked = input_ids.scatter(1, positions, torch.where(valid, self.mask_id, originals))
+
+        hidden = self.generator.encoder(masked)
+        at_masked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        mlm_logits = self.generator.head(at_masked).float()
+        weights = valid.float() / valid.sum().clamp_min(1)  # masked means, no boolean indexing: shapes stay static
+        mlm = (F.cross_entropy(mlm_logits.transpose(1, 2), originals, reduction="none") * weights).sum()
+        with torch.no_grad():  # Gumbel-max: a sample from the generator's softmax, no gradient through it
+            gumbel = -torch.log((-torch.log(torch.rand_like(mlm_logits).clamp_min(1e-9))).clamp_min(1e-9))
+            sampled = torch.where(valid, (mlm_logits + gumbel).argmax(-1), originals)
+        corrupted = input_ids.scatter(1, positions, sampled)
+        replaced = (corrupted != input_ids).float()  # a sample equal to the original counts as original
+        disc_logits = self.discriminator(corrupted).float()
+        rtd = F.binary_cross_entropy_with_logits(disc_logits, replaced)
+        return {"loss": mlm + self.rtd_weight * rtd, "mlm": mlm, "rtd": rtd,
+                "gen_correct": ((mlm_logits.argmax(-1) == originals).float() * weights).sum(),
+                "disc_logits": disc_logits.detach(), "replaced": replaced}
+
+
+def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
+    """(discriminator, generator, tokenizer) from `init` or from scratch."""
+    if cfg.init:
+        discriminator, report = load_pretrained(cfg.init, task="discriminator", labels=[], slot_labels=[])
+        tokenizer = load_tokenizer(cfg.tokenizer or report["source"])
+        if tokenizer.vocab_size != discriminator.config.vocab_size:
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but {cfg.init} expects "
+                              f"{discriminator.config.vocab_size}; use the checkpoint's own tokenizer")
+    else:
+        if cfg.tokenizer:
+            tokenizer = load_tokenizer(cfg.tokenizer)
+        else:
+            log(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
+            tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume)
+        shape = model_preset(cfg.preset, **({"num_layers": cfg.num_layers} if cfg.num_layers else {}))
+        discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
+                                              max_position=max(shape.max_position, cfg.seq_len)))
+    if cfg.seq_len > discriminator.config.max_position:
+        raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's {discriminator.config.max_position} positions")
+    generator = Electra(discriminator.config.generator(cfg.generator_ratio))
+    # A generator saved beside the discriminator (as `pretrain` writes them) continues too; else a fresh one.
+    beside = Path(cfg.init).parent / "generator" if cfg.init else None
+    if beside is not None and beside.is_dir():
+        generator, _ = load_pretrained(beside)
+    return discriminator, generator, tokenizer
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) pre-training; return the folder of the final discriminator checkpoint."""
+    if not cfg.corpus:
+        raise ConfigError("give at least one corpus file (text, one utterance a line, or JSONL with 'text')")
+    with placement.session(cfg.device, cfg.precision, cfg.threads) as rt:
+        return _train(cfg, rt)
+
+
+def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    discriminator, generator, tokenizer = build(cfg, rt.log)
+    model = ReplacedTokenDetection(discriminator, generator, [tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id],
+                                   tokenizer.mask_id, cfg.mask_prob, cfg.rtd_weight).to(rt.device)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
+    scheduler = warmup_linear(optimizer, cfg.warmup_steps, cfg.steps)
+    saved = state.load_state(out) if cfg.resume else None
+    step, stream = 0, None
+    if saved is not None:
+        state.restore(saved, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
+        step, stream = saved["step"], saved["data"]
+        rt.log(f"resumed from {out / state.STATE_FILE} at step {step}")
+    if rt.is_main:
+        dataclass_io.save(cfg, out / "config.toml")
+        tokenizer.save_pretrained(out)
+        curves.keep_rows_until(out / "metrics.jsonl", step)
+    trainer = rt.wrap(torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model)
+    packer = Packer(cfg.corpus, tokenizer, cfg.seq_len, stream)
+    rt.log(f"pretrain: discriminator {discriminator.num_parameters():,} params, generator "
+             f"{generator.num_parameters():,}; {cfg.steps} steps of {cfg.batch_size * rt.world_size}×{cfg.seq_len} "
+             f"tokens on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
+
+    def checkpoint(position):
+        if rt.is_main:
+            state.save_state(out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler,
+                             step=step, data=position)
+
+    window, window_start = [], time.perf_counter()
+    started = window_start
+    model.train()
+    for input_ids, position in batches(packer, cfg.batch_size, rt.rank, rt.world_size):
+        if step >= cfg.steps:
+            break
+        with rt.autocast():
+            result = trainer(input_ids.to(rt.device, non_blocking=True))
+        optimizer.zero_grad(set_to_none=True)
+        result["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window.append(result)
+        out_of_time = False
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            _log_window(cfg, rt, out, step, window, time.perf_counter() - window_start, scheduler)
+            window, window_start = [], time.perf_counter()
+            # Checked where the processes already meet, and decided together: one stopping alone would
+            # leave the others waiting in their next all-reduce.
+            out_of_time = bool(cfg.time_limit_s) and rt.all_mean(float(window_start - started >= cfg.time_limit_s)) > 0
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+            checkpoint(position)
+        if out_of_time:
+            rt.log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}; `--resume` continues from here")
+            break
+    rt.barrier()
+    final = out / "discriminator"
+    if rt.is_main:
+        save_pretrained(discriminator, final, tokenizer)
+        save_pretrained(generator, out / "generator", tokenizer)
+        if cfg.plot:
+            curves.plot(curves.read_rows(out / "metrics.jsonl"),
+                        ["loss", "mlm", "rtd", "gen_accuracy", "disc_accuracy", "disc_auc"], out / "curves.png",
+                        title="ELECTRA pre-training")
+        rt.log(f"discriminator checkpoint: {final}")
+    return final
+
+
+def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
+    """Average the window's metrics over it (and over processes) and log them."""
+    logits = torch.cat([r["disc_logits"].flatten() for r in window]).cpu().numpy()
+    replaced = torch.cat([r["replaced"].flatten() for r in window]).cpu().numpy()
+    row = {"step": step, "lr": scheduler.get_last_lr()[0],
+           **{k: rt.all_mean(float(np.mean([r[k].item() for r in window]))) for k in ("loss", "mlm", "rtd")},
+           "gen_accuracy": rt.all_mean(float(np.mean([r["gen_correct"].item() for r in window]))),
+           "disc_accuracy": rt.all_mean(float(((logits > 0) == (replaced > 0.5)).mean())),
+           "disc_auc": rt.all_mean(roc_auc(logits, replaced)),
+           "steps_per_s": len(window) / seconds,
+           "tokens_per_s": len(window) * cfg.batch_size * cfg.seq_len * rt.world_size / seconds}
+    if rt.is_main:
+        curves.append_row(out / "metrics.jsonl", row)
+        rt.log(curves.format_row(row))
+
+
+@click.command("pretrain")
+@click.argument("corpus", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TOML/JSON PretrainConfig; flags override it.")
+@click.option("--out", help="Run folder (state, metrics, final checkpoints).")
+@click.option("--init", help="Continue from this discriminator checkpoint (domain adaptation).")
+@click.option("--preset", help="Model shape when training from scratch: small, tiny or base.")
+@click.option("--num-layers", type=int, help="Encoder layers of a model trained from scratch (default: the preset's).")
+@click.option("--tokenizer", "--vocab", "tokenizer", help="vocab.txt, tokenizer.json or folder (default: trained).")
+@click.option("--vocab-size", type=int, help="Size of a vocabulary trained from the corpus.")
+@click.option("--generator-ratio", type=float)
+@click.option("--mask-prob", type=float)
+@click.option("--rtd-weight", type=float, help="λ, the weight of the replaced-token-detection loss.")
+@click.option("--seq-len", type=int)
+@click.option("--batch-size", type=int, help="Sequences per step and process.")
+@click.option("--steps", type=int)
+@click.option("--lr", type=float)
+@click.option("--warmup-steps", type=int)
+@click.option("--weight-decay", type=float)
+@click.option("--save-every", type=int)
+@click.option("--log-every", type=int)
+@click.option("--seed", type=int)
+@click.option("--device", type=click.Choice(list(placement.DEVICES)))
+@click.option("--precision", type=click.Choice(list(placement.PRECISIONS)))
+@click.option("--compile/--no-compile", default=None, help="torch.compile the training step.")
+@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]))
+@click.option("--threads", type=int, help="CPU threads (0: torch's default).")
+@click.option("--resume/--no-resume", default=None, help="Continue from OUT/state.pt if present.")
+@click.option("--plot/--no-plot", default=None, help="Write curves.png at the end.")
+@click.option("--time-limit", "time_limit_s", type=float,
+              help="Seconds after which to stop cleanly at the next log step, saving the state and the weights "
+                   "(0: no limit).")
+def command(corpus, config_file, **flags):
+    """Pre-train an ELECTRA discriminator on CORPUS files; run under torchrun for several GPUs."""
+    click.echo(pretrain(config_from_cli(PretrainConfig, config_file, {"corpus": corpus, **flags})))
+
+
+if __name__ == "__main__":  # `torchrun -m edge_electra.train.pretrain ...`
+    command()
