@@ -19,3 +19,7 @@ class BundleError(EdgeElectraError):
 
 class CheckpointError(EdgeElectraError):
     """A checkpoint cannot be found, read or mapped onto the model."""
+
+
+class GateRefused(EdgeElectraError):
+    """The accuracy gate refused the model: it lost more than the budget allows (the CLI exits 3)."""
