@@ -109,3 +109,45 @@ def test_released_discriminator_flags_a_replaced_token():
         logits = model.eval()(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
     replaced = 5  # "fake", after [CLS] the quick brown fox
     assert logits[1, replaced] > 0 and logits[0, replaced] < logits[1, replaced]
+
+
+def test_checkpoint_of_another_family_is_refused_not_trained_from_random(tmp_path):
+    """Defect 10: a `roberta.`-prefixed checkpoint mapped no encoder weight, and load_pretrained returned a
+    random encoder without a word."""
+    from safetensors.torch import load_file, save_file
+    save_pretrained(Electra(preset("tiny", vocab_size=50, task="discriminator")), tmp_path / "c")
+    weights = load_file(tmp_path / "c" / "model.safetensors")
+    renamed = {name.replace("electra.", "roberta.", 1): tensor for name, tensor in weights.items()}
+    save_file(renamed, tmp_path / "c" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"lacks \d+ encoder weight.*roberta\."):
+        load_pretrained(tmp_path / "c", task="sequence", labels=["a", "b"])
+
+
+def test_checkpoint_missing_one_encoder_layer_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    save_pretrained(Electra(preset("tiny", vocab_size=50, labels=["a"])), tmp_path / "c")
+    weights = load_file(tmp_path / "c" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layer.1." not in k}, tmp_path / "c" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="encoder.layers.1"):
+        load_pretrained(tmp_path / "c")
+
+
+def test_hidden_act_is_honoured_and_an_unknown_one_refused(tmp_path):
+    """Defect 10: hidden_act was ignored, so a relu checkpoint ran as gelu."""
+    torch.manual_seed(0)
+    save_pretrained(Electra(preset("tiny", vocab_size=50, labels=["a", "b"])), tmp_path / "c")
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    ids = torch.randint(1, 50, (2, 7))
+    outputs = {}
+    for act in ("gelu", "relu", "gelu_new"):
+        (tmp_path / "c" / "config.json").write_text(json.dumps({**config, "hidden_act": act}))
+        model, _ = load_pretrained(tmp_path / "c")
+        assert model.config.hidden_act == act
+        with torch.no_grad():
+            outputs[act] = model.eval().encoder(ids)
+        save_pretrained(model, tmp_path / act)   # and it is written back as it was read
+        assert json.loads((tmp_path / act / "config.json").read_text())["hidden_act"] == act
+    assert (outputs["relu"] - outputs["gelu"]).abs().max() > 1e-2
+    (tmp_path / "c" / "config.json").write_text(json.dumps({**config, "hidden_act": "swish"}))
+    with pytest.raises(CheckpointError, match="hidden_act 'swish'"):
+        load_pretrained(tmp_path / "c")

@@ -117,3 +117,17 @@ def test_sdpa_attention_exports_to_onnx(tmp_path):
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (ids, mask, types))}
     with torch.no_grad():
         assert abs(session.run(None, feeds)[0] - model(ids, mask, types).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu_new", "gelu_pytorch_tanh"])
+def test_hidden_act_matches_transformers(tmp_path, act):
+    """Defect 10: hidden_act was ignored; a discriminator with another activation must compute what HF computes."""
+    torch.manual_seed(0)
+    ref = transformers.ElectraForPreTraining(transformers.ElectraConfig(**HF_SHAPE, hidden_act=act)).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    ours, _ = load_pretrained(tmp_path / "hf")
+    ids, mask, types = random_batch(seed=4)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        got = ours.eval()(ids, mask, types)
+    assert (expected - got)[mask.bool()].abs().max() < 1e-4

@@ -6,16 +6,18 @@ between the Hugging Face layout and ours by the rules below, so `transformers` l
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 import torch
 
 from edge_electra.atomic import atomic_dir
-from edge_electra.train.config import ElectraConfig
+from edge_electra.train.config import ACTIVATIONS, ElectraConfig
 from edge_electra.errors import CheckpointError
 from edge_electra.train.model import Electra
 
+log = logging.getLogger(__name__)
 # (Hugging Face name, our name); {i} is a layer index, {p} is weight or bias.
 ENCODER_RULES = [
     ("embeddings.word_embeddings.weight", "encoder.embeddings.word.weight"),
@@ -115,6 +117,10 @@ def config_from_hf(hf: dict) -> ElectraConfig:
     slot_labels = extra.get("slot_labels", [])
     if task == "token":  # a token classifier's id2label holds its tags
         labels, slot_labels = [], labels
+    activation = hf.get("hidden_act", "gelu")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"the checkpoint's hidden_act {activation!r} is not implemented here "
+                              f"(supported: {', '.join(ACTIVATIONS)}); loading it would compute another function")
     try:
         return ElectraConfig(
             vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -124,7 +130,7 @@ def config_from_hf(hf: dict) -> ElectraConfig:
             max_position=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), pad_token_id=hf.get("pad_token_id", 0),
-            task=task, labels=labels, slot_labels=slot_labels)
+            hidden_act=activation, task=task, labels=labels, slot_labels=slot_labels)
     except KeyError as e:
         raise CheckpointError(f"config.json lacks {e.args[0]!r}; is this an ELECTRA or BERT checkpoint?") from e
 
@@ -134,7 +140,7 @@ def config_to_hf(cfg: ElectraConfig) -> dict:
         "model_type": "electra", "architectures": [ARCHITECTURES[cfg.task]],
         "vocab_size": cfg.vocab_size, "embedding_size": cfg.embedding_size, "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-        "intermediate_size": cfg.intermediate_size, "hidden_act": "gelu",
+        "intermediate_size": cfg.intermediate_size, "hidden_act": cfg.hidden_act,
         "max_position_embeddings": cfg.max_position, "type_vocab_size": cfg.type_vocab_size,
         "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.dropout,
         "attention_probs_dropout_prob": cfg.attention_dropout, "pad_token_id": cfg.pad_token_id,
@@ -188,8 +194,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def load_pretrained(source: str | Path, **overrides) -> tuple[Electra, dict]:
     """Load a checkpoint folder or Hub id. `overrides` change the config (task, labels, ...).
 
-    Returns the model and a report: `missing` (our weights left at their initial values, e.g.
-    a new head) and `unused` (checkpoint weights with no place in this model).
+    Every encoder weight must come from the checkpoint: a CheckpointError says which are missing (a
+    checkpoint of another model family maps none of them). Only the head may start fresh. Returns the
+    model and a report, also logged: `missing` (head weights newly initialised, e.g. for new labels)
+    and `unused` (checkpoint weights with no place in this model).
     """
     folder = resolve(source)
     try:
@@ -209,7 +217,26 @@ def load_pretrained(source: str | Path, **overrides) -> tuple[Electra, dict]:
                                   f"but the model expects {tuple(own[name].shape)}")
     result = model.load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if k != "head.word_embeddings.weight"]
-    return model, {"missing": missing, "unused": unused + list(result.unexpected_keys), "source": str(folder)}
+    unused = unused + list(result.unexpected_keys)
+    _refuse_missing_encoder(folder, [k for k in missing if k.startswith("encoder.")], unused)
+    if missing:
+        log.info("%s: newly initialised for the %s head: %s", folder, cfg.task, ", ".join(missing))
+    if unused:
+        log.info("%s: checkpoint weights left unused: %s", folder, ", ".join(unused))
+    return model, {"missing": missing, "unused": unused, "source": str(folder)}
+
+
+def _refuse_missing_encoder(folder: Path, missing: list[str], unused: list[str]) -> None:
+    """A model whose encoder is partly random would train or run without a word of warning: refuse it."""
+    if not missing:
+        return
+    prefixes = sorted({name.split(".", 1)[0] + "." for name in unused if "." in name})
+    raise CheckpointError(
+        f"{folder} lacks {len(missing)} encoder weight(s) this model needs (e.g. {', '.join(missing[:3])}); "
+        f"{len(unused)} of its weights match nothing here"
+        + (f" (their names start with {', '.join(prefixes[:5])})" if prefixes else "")
+        + f". Only ELECTRA and BERT-family encoders load (weight names prefixed with "
+        f"{', '.join(repr(p) for p in ENCODER_PREFIXES)}), with all their layers")
 
 
 def save_pretrained(model: Electra, folder: str | Path, tokenizer=None) -> Path:

@@ -9,6 +9,8 @@ from edge_electra.errors import ConfigError
 
 Task = Literal["discriminator", "generator", "sequence", "token", "joint"]
 TASKS: tuple[str, ...] = ("discriminator", "generator", "sequence", "token", "joint")
+# The encoder's feed-forward activations this model implements, by their Hugging Face names.
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
 @dataclass
@@ -25,6 +27,7 @@ class ElectraConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.1
     pad_token_id: int = 0
+    hidden_act: str = "gelu"           # the feed-forward (and discriminator head) activation
     task: Task = "sequence"
     labels: list[str] = field(default_factory=list)  # intents, for sequence and joint heads
     slot_labels: list[str] = field(default_factory=list)  # BIO tags, for token and joint heads
@@ -34,6 +37,8 @@ class ElectraConfig:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {list(TASKS)}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not implemented; choose one of {list(ACTIVATIONS)}")
 
     @property
     def num_labels(self) -> int:
@@ -54,6 +59,9 @@ class ElectraConfig:
 PRESETS: dict[str, dict] = {
     "small": {},
     "base": dict(embedding_size=768, hidden_size=768, num_heads=12, intermediate_size=3072),
+    # the shipped default encoder's shape (edge_electra/default_encoder): ≤ 4 MB of fp16 weights with 8k words
+    "mini": dict(embedding_size=128, hidden_size=192, num_layers=3, num_heads=3, intermediate_size=384,
+                 max_position=128),
     "tiny": dict(embedding_size=16, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                  max_position=128),
 }

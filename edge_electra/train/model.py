@@ -1,11 +1,21 @@
 """ELECTRA in plain PyTorch: embeddings, encoder and the task heads."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edge_electra.train.config import ElectraConfig
+
+# Hugging Face's names: gelu is exact, gelu_new and gelu_pytorch_tanh are the tanh approximation.
+ACTIVATION_FUNCTIONS = {
+    "gelu": F.gelu,
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+}
 
 
 class Embeddings(nn.Module):
@@ -54,10 +64,11 @@ class Layer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATION_FUNCTIONS[cfg.hidden_act]
 
     def forward(self, x, additive_mask):
         x = self.attn_norm(x + self.dropout(self.attn(x, additive_mask)))
-        return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
 class Encoder(nn.Module):
@@ -87,15 +98,17 @@ class Encoder(nn.Module):
 
 
 class DiscriminatorHead(nn.Module):
-    """Replaced-token detection: one logit per token, >0 meaning 'replaced'."""
+    """Replaced-token detection: one logit per token, >0 meaning 'replaced'. Like Hugging Face's, it uses
+    hidden_act; the other heads use gelu whatever the config says."""
 
     def __init__(self, cfg: ElectraConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, 1)
+        self.act = ACTIVATION_FUNCTIONS[cfg.hidden_act]
 
     def forward(self, h):
-        return self.out(F.gelu(self.dense(h))).squeeze(-1)
+        return self.out(self.act(self.dense(h))).squeeze(-1)
 
 
 class GeneratorHead(nn.Module):
