@@ -23,11 +23,11 @@ from edge_electra.train.config import preset as model_preset
 from edge_electra.data import read_text_lines
 from edge_electra.errors import ConfigError
 from edge_electra.train.model import Electra
-from edge_electra.runtime.tokenizer import Tokenizer
-from edge_electra.train import curves, placement, state
+from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
+from edge_electra.train import curves, embed_distill, placement, state
 from edge_electra.train.evaluate import roc_auc
 from edge_electra.train.optim import adamw, warmup_linear
-from edge_electra.train.options import config_from_cli, load_tokenizer, trained_tokenizer
+from edge_electra.train.options import config_from_cli, trained_tokenizer
 from edge_electra.train.packing import Packer, batches
 
 
@@ -56,6 +56,12 @@ class PretrainConfig(placement.RunSettings):
     log_every: int = 100
     compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
     time_limit_s: float = 0.0          # stop cleanly (state + weights) at the first log step after this; 0: never
+    embed_teacher: str | None = None   # sentence-embedding teacher (BERT-layout folder or hub id), see embed_distill
+    embed_weight: float = 1.0          # weight of its 1 − cosine term; rtd_weight 0 trains this term alone
+    embed_sentences: int = 50_000      # corpus sentences with cached teacher embeddings
+    embed_batch_size: int = 64
+    embed_max_length: int = 64
+    embed_cache: str | None = None     # folder of the cached teacher embeddings (default: OUT/teacher_cache)
 
     def __post_init__(self):
         if not 0 < self.mask_prob < 1:
@@ -64,6 +70,8 @@ class PretrainConfig(placement.RunSettings):
             raise ConfigError("steps and batch_size must be ≥ 1 and seq_len ≥ 8")
         if self.time_limit_s < 0:
             raise ConfigError(f"time_limit_s must be ≥ 0 (0: no limit), got {self.time_limit_s}")
+        if not self.rtd_weight and not self.embed_teacher:
+            raise ConfigError("rtd_weight 0 leaves nothing to train without an embed_teacher")
         if self.num_layers is not None and (self.num_layers < 1 or self.init):
             raise ConfigError("num_layers must be ≥ 1 and applies to a model trained from scratch; "
                               "to shorten a checkpoint, distill or finetune it with --num-layers")
@@ -157,7 +165,14 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
     torch.manual_seed(cfg.seed)
     discriminator, generator, tokenizer = build(cfg, rt.log)
     model = ReplacedTokenDetection(discriminator, generator, [tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id],
-                                   tokenizer.mask_id, cfg.mask_prob, cfg.rtd_weight).to(rt.device)
+                                   tokenizer.mask_id, cfg.mask_prob, cfg.rtd_weight)
+    sentences = None
+    if cfg.embed_teacher:  # a submodule of `model`, so the optimizer and the state checkpoint include it
+        if rt.world_size > 1:
+            raise ConfigError("embedding distillation runs in one process; drop torchrun or --embed-teacher")
+        model.embedding_distillation, sentences = embed_distill.build(cfg, discriminator.config.hidden_size,
+                                                                      tokenizer, out)
+    model.to(rt.device)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
     scheduler = warmup_linear(optimizer, cfg.warmup_steps, cfg.steps)
     saved = state.load_state(out) if cfg.resume else None
@@ -188,7 +203,11 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
         if step >= cfg.steps:
             break
         with rt.autocast():
-            result = trainer(input_ids.to(rt.device, non_blocking=True))
+            result = trainer(input_ids.to(rt.device, non_blocking=True)) if cfg.rtd_weight else {"loss": 0.0}
+            if sentences is not None:
+                embed = model.embedding_distillation(discriminator.encoder,
+                                                     *(t.to(rt.device) for t in sentences(step)))
+                result = {**result, "embed": embed, "loss": result["loss"] + cfg.embed_weight * embed}
         optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -223,15 +242,17 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
 
 def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
     """Average the window's metrics over it (and over processes) and log them."""
-    logits = torch.cat([r["disc_logits"].flatten() for r in window]).cpu().numpy()
-    replaced = torch.cat([r["replaced"].flatten() for r in window]).cpu().numpy()
     row = {"step": step, "lr": scheduler.get_last_lr()[0],
-           **{k: rt.all_mean(float(np.mean([r[k].item() for r in window]))) for k in ("loss", "mlm", "rtd")},
-           "gen_accuracy": rt.all_mean(float(np.mean([r["gen_correct"].item() for r in window]))),
-           "disc_accuracy": rt.all_mean(float(((logits > 0) == (replaced > 0.5)).mean())),
-           "disc_auc": rt.all_mean(roc_auc(logits, replaced)),
-           "steps_per_s": len(window) / seconds,
-           "tokens_per_s": len(window) * cfg.batch_size * cfg.seq_len * rt.world_size / seconds}
+           **{k: rt.all_mean(float(np.mean([r[k].item() for r in window])))
+              for k in ("loss", "mlm", "rtd", "embed") if k in window[0]}}
+    if "disc_logits" in window[0]:
+        logits = torch.cat([r["disc_logits"].flatten() for r in window]).cpu().numpy()
+        replaced = torch.cat([r["replaced"].flatten() for r in window]).cpu().numpy()
+        row.update(gen_accuracy=rt.all_mean(float(np.mean([r["gen_correct"].item() for r in window]))),
+                   disc_accuracy=rt.all_mean(float(((logits > 0) == (replaced > 0.5)).mean())),
+                   disc_auc=rt.all_mean(roc_auc(logits, replaced)))
+    row |= {"steps_per_s": len(window) / seconds,
+            "tokens_per_s": len(window) * cfg.batch_size * cfg.seq_len * rt.world_size / seconds}
     if rt.is_main:
         curves.append_row(out / "metrics.jsonl", row)
         rt.log(curves.format_row(row))
@@ -269,6 +290,12 @@ def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
 @click.option("--time-limit", "time_limit_s", type=float,
               help="Seconds after which to stop cleanly at the next log step, saving the state and the weights "
                    "(0: no limit).")
+@click.option("--embed-teacher", help="Also distil this sentence-embedding model's mean-pooled embeddings of the "
+                                      "corpus sentences into the [CLS] state (e.g. all-MiniLM-L6-v2).")
+@click.option("--embed-weight", type=float, help="Weight of the embedding term (with --rtd-weight 0: it alone).")
+@click.option("--embed-sentences", type=int, help="Corpus sentences embedded by the teacher (once, cached).")
+@click.option("--embed-batch-size", type=int, help="Sentences per step for the embedding term.")
+@click.option("--embed-cache", help="Folder of the cached teacher embeddings (default: OUT/teacher_cache).")
 def command(corpus, config_file, **flags):
     """Pre-train an ELECTRA discriminator on CORPUS files; run under torchrun for several GPUs."""
     click.echo(pretrain(config_from_cli(PretrainConfig, config_file, {"corpus": corpus, **flags})))
