@@ -1,13 +1,25 @@
-"""Atomic writes: readers see the old file or folder, or the complete new one, never a partial one."""
+"""Atomic writes: readers see the old file or folder, or the complete new one, never a partial one.
+
+Only writers clean up. Every temporary name carries its writer's pid (`.NAME.PID-RANDOM.tmp`), and a sweep
+removes only what dead processes left, matched by exact name, so it never touches a live writer's files or
+another path's. Readers never write: a bundle on a read-only disk loads with leftovers beside it.
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,6 +40,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
+def _dead_owner(match: re.Match | None) -> bool:
+    return bool(match) and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1)))
+
+
 def sweep_dead(folder: str | Path, pattern: re.Pattern) -> None:
     """Remove what killed processes left in `folder`: the entries whose name matches `pattern`, whose
     group 1 is the pid of the process that made them, and whose process is gone."""
@@ -35,9 +55,8 @@ def sweep_dead(folder: str | Path, pattern: re.Pattern) -> None:
     if not folder.is_dir():
         return
     for leftover in folder.iterdir():
-        match = pattern.fullmatch(leftover.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        if _dead_owner(pattern.fullmatch(leftover.name)):
+            _remove(leftover)
 
 
 def sweep_files(path: str | Path) -> None:
@@ -70,40 +89,79 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _writers_lock(folder: Path) -> Iterator[None]:
+    """Serialise the writers that swap entries of `folder`: an advisory lock on the folder itself, so no lock
+    file is left behind. Held only for the swap; readers never take it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _renameat2():
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    rename = _renameat2()
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put `new` at `path`. What was at `path` ends up under `new`'s name, for the caller to remove."""
+    if not os.path.lexists(path):
+        os.replace(new, path)
+    elif not _exchange(new, path):
+        # Two renames, with a moment where `path` is missing: a writer killed there leaves `.NAME.PID-….old`,
+        # which the next writer puts back (see _recover).
+        old = new.with_suffix(".old")
+        os.replace(path, old)
+        os.replace(new, path)
+        os.replace(old, new)
+
+
+def _recover(path: Path) -> None:
+    """Clean up after killed writers of `path` (call under the writers' lock): put back a folder that a swap
+    cut between its renames left aside, and remove staging folders. Dead writers' leftovers only."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-\w+\.(?:tmp|old)")
+    if not os.path.lexists(path):
+        aside = [p for p in path.parent.iterdir() if p.suffix == ".old" and _dead_owner(pattern.fullmatch(p.name))]
+        if aside:
+            os.replace(max(aside, key=lambda p: p.lstat().st_mtime), path)
+    sweep_dead(path.parent, pattern)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; on success it takes the place of `path`.
 
-    An existing folder at `path` is moved aside first and removed only after the new one is in
-    place, so an interruption at any moment leaves either the old folder or the new one.
+    The new folder and the old one are exchanged in one step where the system can (Linux), so readers always
+    find a complete folder at `path`; the old one is then removed. Writers of the same folder take turns for
+    the swap, and clean up what killed writers left beside `path` first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
+        with _writers_lock(path.parent):
+            _recover(path)
+            _swap_in(tmp, path)
         _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def recover(path: str | Path) -> None:
-    """Undo a swap that was killed between its two renames, and sweep leftover temporaries."""
-    path = Path(path)
-    if not path.parent.exists():
-        return
-    olds = sorted(path.parent.glob(f".{path.name}.old-*"))
-    if olds and not path.exists():
-        os.replace(olds.pop(), path)
-    for leftover in olds + list(path.parent.glob(f".{path.name}.*.tmp")):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        _remove(tmp)

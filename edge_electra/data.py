@@ -17,6 +17,16 @@ SPLITS = ("train", "validation", "test")
 OUT_OF_SCOPE = ("oos", "out_of_scope")
 
 
+def oos_label(labels: list[str]) -> str | None:
+    """The out-of-scope label among `labels` ("oos" or "out_of_scope"), or None."""
+    return next((label for label in labels if label in OUT_OF_SCOPE), None)
+
+
+def split_words(text: str) -> list[str]:
+    """The words of a text: what slot tags are given for, one each, and what the tokenizer encodes."""
+    return text.split()
+
+
 @dataclass
 class Example:
     text: str
@@ -44,7 +54,7 @@ class Dataset:
 
     @property
     def out_of_scope_label(self) -> str | None:
-        return next((label for label in self.labels if label in OUT_OF_SCOPE), None)
+        return oos_label(self.labels)
 
 
 def _row(raw: dict, where: str) -> Example:
@@ -57,8 +67,8 @@ def _row(raw: dict, where: str) -> Example:
     tags = raw.get("tags")
     if isinstance(tags, str):
         tags = tags.split()
-    if tags is not None and len(tags) != len(text.split()):
-        raise DataError(f"{where}: {len(tags)} tags for {len(text.split())} words in {text!r:.80}; "
+    if tags is not None and len(tags) != len(split_words(text)):
+        raise DataError(f"{where}: {len(tags)} tags for {len(split_words(text))} words in {text!r:.80}; "
                         "give one BIO tag per whitespace-separated word")
     return Example(text, None if label is None else str(label), tags)
 

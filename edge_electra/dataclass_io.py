@@ -9,8 +9,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomli_w
-
 from edge_electra.errors import ConfigError
 
 T = TypeVar("T")
@@ -83,7 +81,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 def save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     data = to_dict(obj)
-    text = tomli_w.dumps(data) if path.suffix == ".toml" else json.dumps(data, indent=2) + "\n"
+    if path.suffix == ".toml":
+        import tomli_w  # build-side dependency: devices only read configs
+        text = tomli_w.dumps(data)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
     path.write_text(text)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_electra.data import oos_label
+
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve from ranks (Mann-Whitney U); ties share their mean rank. NaN if one class is absent."""
@@ -37,7 +39,7 @@ def classification_report(gold: np.ndarray, pred: np.ndarray, labels: list[str])
             f1s.append(f1)
     report = {"accuracy": float((gold == pred).mean()) if len(gold) else 0.0,
               "macro_f1": float(np.mean(f1s)) if f1s else 0.0, "per_class": per_class}
-    oos = next((name for name in labels if name in ("oos", "out_of_scope")), None)
+    oos = oos_label(labels)
     if oos is not None and per_class[oos]["support"]:
         report["oos_recall"] = per_class[oos]["recall"]
         in_scope = gold != labels.index(oos)

@@ -79,7 +79,8 @@ def tiny_bundle(tmp_path_factory):
     """
     torch = pytest.importorskip("torch")
     from edge_electra import dataclass_io
-    from edge_electra.runtime.bundle import Manifest, TensorSpec, write_bundle
+    from edge_electra.build.package import write_bundle
+    from edge_electra.runtime.bundle import Manifest, TensorSpec
     from edge_electra.train.config import preset
     from edge_electra.train.model import Electra
     from edge_electra.runtime.tokenizer import Tokenizer

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from edge_electra.runtime.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec, write_bundle, write_manifest
+from edge_electra.build.package import write_bundle, write_manifest
+from edge_electra.runtime.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec
 from edge_electra.errors import BundleError
 from edge_electra.runtime.tokenizer import Tokenizer
 
@@ -103,7 +104,8 @@ def test_killed_writer_leaves_no_partial_bundle(tmp_path):
     big.write_bytes(os.urandom(64 << 20))
     script = textwrap.dedent(f"""
         import sys
-        from edge_electra.runtime.bundle import Manifest, write_bundle
+        from edge_electra.build.package import write_bundle
+        from edge_electra.runtime.bundle import Manifest
         from edge_electra.runtime.tokenizer import Tokenizer
         tok = Tokenizer.train(["a b c"], vocab_size=30)
         m = Manifest(task="sequence", labels=["a"], backend="onnx-mobile", precision="fp32", inputs=[], outputs=[],

@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_electra.backends import get_backend  # noqa: E402
-from edge_electra.runtime.bundle import Bundle, Manifest, sha256, write_bundle  # noqa: E402
+from edge_electra.build.package import write_bundle  # noqa: E402
+from edge_electra.runtime.bundle import Bundle, Manifest, sha256  # noqa: E402
 from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.build.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
 from edge_electra.errors import ConfigError  # noqa: E402

@@ -28,7 +28,8 @@ from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from edge_electra.runtime.bundle import FORMAT_VERSION, MANIFEST, Bundle, sha256, write_manifest  # noqa: E402
+from edge_electra.build.package import write_manifest  # noqa: E402
+from edge_electra.runtime.bundle import FORMAT_VERSION, MANIFEST, Bundle, sha256  # noqa: E402
 from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
 from edge_electra.build.compile import compile_bundle  # noqa: E402

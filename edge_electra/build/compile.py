@@ -27,7 +27,8 @@ import numpy as np
 from edge_electra import dataclass_io
 from edge_electra.atomic import sweep_dead
 from edge_electra.backends import get_backend
-from edge_electra.runtime.bundle import Bundle, Manifest, TensorSpec, library_versions, sha256, write_bundle
+from edge_electra.build.package import write_bundle
+from edge_electra.runtime.bundle import Bundle, Manifest, TensorSpec, library_versions, sha256
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.build.targets import PRECISIONS, Range, TargetProfile, load_target
 

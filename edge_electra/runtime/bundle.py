@@ -5,28 +5,37 @@
     tokenizer.json  the tokenizer it was trained with
     model files     whatever the backend needs (model.onnx, model.ort, model.xml/.bin, model.engine)
 
-Bundles are written atomically and verified on load. Loading reads JSON and hashes files only:
-it never unpickles or runs anything from the bundle.
+Bundles are written atomically by edge_electra.build.package and verified here on load. Loading only reads:
+it parses JSON and hashes files, never writes, and never unpickles or runs anything from the bundle. Every
+file in the folder must be listed in the manifest with its sha256, and every number a runtime sizes its
+threads and buffers by must lie within the bounds below.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
-import shutil
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edge_electra import dataclass_io
-from edge_electra.atomic import atomic_dir, recover
 from edge_electra.errors import BundleError, ConfigError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
+# Larger than any manifest edge-electra writes (a few KB), small enough to read and parse safely.
+MAX_MANIFEST_BYTES = 1 << 20
+# Sane bounds (inclusive) for the manifest's numbers; threads 0 leaves the choice to the runtime.
+THREADS = (0, 256)
+BATCH = (1, 4096)
+SEQUENCE = (1, 8192)
+LABELS = (1, 1 << 16)
+# A bundle that a writer replaces while it is read is read again, this many times at most.
+READ_ATTEMPTS = 10
 
 
 @dataclass
@@ -74,11 +83,6 @@ def manifest_checksum(raw: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_manifest(path: Path, raw: dict) -> None:
-    raw = {**raw, "checksum": manifest_checksum(raw)}
-    path.write_text(json.dumps(raw, indent=2) + "\n")
-
-
 def library_versions(*names: str) -> dict[str, str]:
     versions = {"python": platform.python_version(), "edge-electra": _version("edge-electra")}
     for name in ("numpy", "tokenizers", *names):
@@ -94,78 +98,168 @@ def _version(name: str) -> str | None:
         return None
 
 
-def write_bundle(dest: str | Path, manifest: Manifest, files: dict[str, str | Path], tokenizer) -> Path:
-    """Copy `files` (bundle name → source path) and the tokenizer into `dest`, atomically.
+def check_count(value: Any, bounds: tuple[int, int], what: str, error: type[Exception] = BundleError) -> None:
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise error(f"{what} is {value!r:.60}; it must be a whole number from {low} to {high}")
 
-    The manifest's `files` are filled with each file's sha256. A failure at any point leaves
-    `dest` as it was before.
-    """
-    dest = Path(dest)
-    recover(dest)
-    for name in files:
-        if Path(name).name != name or name in (MANIFEST, TOKENIZER):
-            raise BundleError(f"bundle file name {name!r} must be a plain file name other than "
-                              f"{MANIFEST} and {TOKENIZER}")
-    with atomic_dir(dest) as tmp:
-        for name, src in files.items():
-            shutil.copyfile(src, tmp / name)
-        tokenizer.save(tmp / TOKENIZER)
-        manifest.files = {name: sha256(tmp / name) for name in sorted([*files, TOKENIZER])}
-        manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        manifest.versions = {**library_versions(), **manifest.versions}
-        manifest.checksum = manifest_checksum(dataclass_io.to_dict(manifest))
-        write_manifest(tmp / MANIFEST, dataclass_io.to_dict(manifest))
-    return dest
+
+def _check_dimension(dim: Any, bounds: tuple[int, int], what: str) -> None:
+    if isinstance(dim, list) and len(dim) == 2:
+        check_count(dim[0], bounds, f"{what} (its minimum)")
+        check_count(dim[1], bounds, f"{what} (its maximum)")
+        if dim[0] > dim[1]:
+            raise BundleError(f"{what} is {dim}: its minimum exceeds its maximum")
+    else:
+        check_count(dim, bounds, what)
+
+
+def check_values(m: Manifest) -> None:
+    """The numbers runtimes size threads, batches and buffers by are whole numbers within sane bounds."""
+    for kind, specs in (("input", m.inputs), ("output", m.outputs)):
+        for spec in specs:
+            last = len(spec.shape) - 1
+            for i, dim in enumerate(spec.shape):
+                bounds = BATCH if i == 0 else LABELS if kind == "output" and i == last else SEQUENCE
+                _check_dimension(dim, bounds, f"{kind} {spec.name!r} dimension {i}")
+    for key, bounds in (("threads", THREADS), ("max_batch", BATCH), ("max_seq", SEQUENCE)):
+        if key in m.runtime:
+            check_count(m.runtime[key], bounds, f"runtime.{key}")
+    variants = m.runtime.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and isinstance(v.get("file"), str)
+                                                 for v in variants):
+        raise BundleError("runtime.variants must be a list of objects that each name a 'file'")
+    for i, variant in enumerate(variants):
+        for key, bounds in (("batch", BATCH), ("seq", SEQUENCE)):
+            if key in variant:
+                check_count(variant[key], bounds, f"runtime.variants[{i}].{key}")
+    threshold = m.runtime.get("oos_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise BundleError(f"runtime.oos_threshold is {threshold!r:.60}; it must be a number from 0 to 1")
+    if "max_length" in m.tokenizer:
+        check_count(m.tokenizer["max_length"], SEQUENCE, "tokenizer.max_length")
+    buckets = m.tokenizer.get("buckets") or []
+    if not isinstance(buckets, list):
+        raise BundleError(f"tokenizer.buckets is {buckets!r:.60}; it must be a list of sequence lengths")
+    for bucket in buckets:
+        check_count(bucket, SEQUENCE, "a tokenizer bucket")
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest's JSON object, its checksum checked. Size and nesting are capped before they cost memory
+    or a RecursionError."""
+    manifest_path = path / MANIFEST
+    try:
+        with open(manifest_path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleError(f"{manifest_path} is missing: {path} is not a bundle, or an incomplete one") from None
+    except OSError as e:
+        raise BundleError(f"{manifest_path} cannot be read ({e.strerror})") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{manifest_path} is malformed: over {MAX_MANIFEST_BYTES} bytes, far larger than any "
+                          "manifest edge-electra writes; rebuild the bundle")
+    try:
+        raw = json.loads(data)
+        checksum = manifest_checksum(raw) if isinstance(raw, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path} is malformed (not valid JSON: {e}); rebuild the bundle") from e
+    except RecursionError:
+        raise BundleError(f"{manifest_path} is malformed: nested too deeply to be a manifest; "
+                          "rebuild the bundle") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest_path} is malformed: expected a JSON object")
+    version = raw.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{manifest_path} has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path} uses bundle format {version}, newer than this edge-electra reads "
+                          f"({FORMAT_VERSION}); upgrade edge-electra or rebuild the bundle")
+    if raw.get("checksum") != checksum:
+        raise BundleError(f"{manifest_path} is corrupt: its checksum does not match its contents (damaged or "
+                          "edited after the bundle was written); rebuild the bundle")
+    return raw
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which folder is at `path` now: writers swap in a new folder rather than edit the old one."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass
 class Bundle:
     path: Path
     manifest: Manifest
+    # The folder that was read (see `replaced`); None for a Bundle made in memory.
+    identity: tuple[int, int] | None = None
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Read and check the bundle at `path`, without writing anything. A bundle that a writer replaced
+        while it was read is read again, so the result is one complete bundle, the old or the new one."""
         path = Path(path)
-        recover(path)
-        if not path.is_dir():
+        for attempt in range(READ_ATTEMPTS):
+            identity = _identity(path)
+            try:
+                bundle = cls._read(path, identity, verify)
+            except BundleError:
+                if attempt + 1 < READ_ATTEMPTS and _identity(path) != identity:
+                    continue
+                raise
+            if not bundle.replaced():
+                return bundle
+        raise BundleError(f"{path} was replaced {READ_ATTEMPTS} times while it was read; load it once its "
+                          "writer is done")
+
+    @classmethod
+    def _read(cls, path: Path, identity: tuple[int, int] | None, verify: bool) -> "Bundle":
+        if identity is None or not path.is_dir():
             raise BundleError(f"bundle {path} not found (expected a folder with {MANIFEST})")
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise BundleError(f"{manifest_path} is missing: {path} is not a bundle, or an incomplete one")
+        raw = read_manifest(path)
         try:
-            raw = json.loads(manifest_path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path} is malformed (not valid JSON: {e}); rebuild the bundle") from e
-        if not isinstance(raw, dict):
-            raise BundleError(f"{manifest_path} is malformed: expected a JSON object")
-        version = raw.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{manifest_path} has no valid format_version")
-        if version > FORMAT_VERSION:
-            raise BundleError(f"{path} uses bundle format {version}, newer than this edge-electra reads "
-                              f"({FORMAT_VERSION}); upgrade edge-electra or rebuild the bundle")
-        if raw.get("checksum") != manifest_checksum(raw):
-            raise BundleError(f"{manifest_path} is corrupt: its checksum does not match its contents (damaged or "
-                              "edited after the bundle was written); rebuild the bundle")
-        try:
-            manifest = dataclass_io.from_dict(Manifest, raw, source=str(manifest_path))
+            manifest = dataclass_io.from_dict(Manifest, raw, source=str(path / MANIFEST))
         except ConfigError as e:
-            raise BundleError(f"{manifest_path} is malformed: {e}") from e
-        bundle = cls(path, manifest)
+            raise BundleError(f"{path / MANIFEST} is malformed: {e}") from e
+        try:
+            check_values(manifest)
+        except BundleError as e:
+            raise BundleError(f"{path / MANIFEST} is malformed: {e}; rebuild the bundle") from None
+        bundle = cls(path, manifest, identity)
         if verify:
             bundle.verify()
         return bundle
 
+    def replaced(self) -> bool:
+        """Whether the folder at `path` is no longer the one this Bundle was read from."""
+        return _identity(self.path) != self.identity
+
     def verify(self) -> None:
+        """Every file is listed, present and intact; nothing unlisted lies in the folder (a runtime could
+        read it unchecked: an ONNX model's external data, say)."""
         if TOKENIZER not in self.manifest.files:
             raise BundleError(f"{self.path / MANIFEST} does not list {TOKENIZER}")
+        for name in self.manifest.files:
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise BundleError(f"{self.path / MANIFEST} names a file outside the bundle: {name!r}")
+        unlisted = sorted(set(os.listdir(self.path)) - {*self.manifest.files, MANIFEST})
+        if unlisted:
+            raise BundleError(f"{self.path} holds {', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}, "
+                              f"which {MANIFEST} does not list: a runtime could read it unchecked; remove it, or "
+                              "rebuild the bundle")
         for name, expected in self.manifest.files.items():
             file = self.path / name
-            if Path(name).name != name:
-                raise BundleError(f"{self.path / MANIFEST} names a file outside the bundle: {name!r}")
             if not file.is_file():
                 raise BundleError(f"{file} is missing from the bundle")
-            if sha256(file) != expected:
+            try:
+                actual = sha256(file)
+            except OSError as e:
+                raise BundleError(f"{file} cannot be read ({e.strerror})") from None
+            if actual != expected:
                 raise BundleError(f"{file} is corrupt: its sha256 does not match the manifest "
                                   "(truncated, modified or half-copied); rebuild or re-copy the bundle")
 
@@ -175,8 +269,8 @@ class Bundle:
         return self.path / name
 
     def tokenizer(self):
-        from edge_electra.runtime.tokenizer import Tokenizer
-        return Tokenizer.from_file(self.file(TOKENIZER), self.manifest.tokenizer.get("max_length", 128))
+        from edge_electra.runtime.tokenizer import load_tokenizer
+        return load_tokenizer(self.file(TOKENIZER), self.manifest.tokenizer.get("max_length", 128))
 
     def size_bytes(self) -> int:
         return sum((self.path / name).stat().st_size for name in self.manifest.files) + \

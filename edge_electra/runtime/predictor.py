@@ -12,7 +12,6 @@ input buffers are per thread, so callers never see each other's data.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,14 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from edge_electra.runtime.bundle import MANIFEST, Bundle
-from edge_electra.data import OUT_OF_SCOPE
-from edge_electra.errors import BundleError, DataError, EdgeElectraError
+from edge_electra.backends import backend_library
+from edge_electra.data import oos_label, split_words
+from edge_electra.errors import BundleError, ConfigError, DataError, EdgeElectraError
+from edge_electra.runtime.bundle import MANIFEST, READ_ATTEMPTS, THREADS, Bundle, check_count
+from edge_electra.runtime.tokenizer import word_starts
 
 CLASSIFIER_TASKS = ("sequence", "token", "joint")
-# The library whose version a bundle's model files depend on, per backend.
-BACKEND_LIBRARY = {"onnx-mobile": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
-WORD_CACHE_SIZE = 50_000
 
 
 @dataclass
@@ -39,7 +37,8 @@ class Prediction:
     none; index -1 then) and `abstained` is set. Token-only models have no intent: label None, index -1,
     score the least confident word's tag probability.
     truncated: the utterance was longer than the runtime takes and was cut.
-    slots: (whitespace word, BIO tag) for token and joint models; tag None for words cut off by truncation.
+    slots: (whitespace word, BIO tag) for token and joint models; tag None for words cut off by truncation
+    and for words the tokenizer reduces to nothing (zero-width or control characters only).
     probabilities: every label's probability, when asked for (predict_batch(..., probabilities=True)).
     """
     label: str | None
@@ -69,7 +68,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def check_backend_version(bundle: Bundle) -> None:
     """A bundle runs only on the major version of the runtime library that built it."""
-    library = BACKEND_LIBRARY.get(bundle.manifest.backend)
+    library = backend_library(bundle.manifest.backend)
     built = bundle.manifest.versions.get(library or "")
     try:
         installed = metadata.version(library) if library else None
@@ -115,7 +114,7 @@ class Predictor:
         self.tags = list(m.slot_labels or (m.labels if m.task == "token" else []))
         self.shapes = shapes_of(bundle)
         self.oos_threshold = oos_threshold if oos_threshold is not None else m.runtime.get("oos_threshold")
-        self.oos_label = next((label for label in self.labels if label in OUT_OF_SCOPE), "out_of_scope")
+        self.oos_label = oos_label(self.labels) or "out_of_scope"
         # Outputs in the model's order (logits[, slot_logits]), named as the manifest names them.
         outputs = [t.name for t in m.outputs] or list(runner.output_names)
         unknown = [name for name in outputs if name not in runner.output_names]
@@ -129,22 +128,33 @@ class Predictor:
         self._run_lock = threading.Lock()
         self._tokenize_lock = threading.Lock()
         self._local = threading.local()
-        self._word_pieces: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     def load(cls, bundle: str | Path | Bundle, threads: int | None = None, oos_threshold: float | None = None,
              **runtime_options) -> "Predictor":
-        """Open a bundle on its backend. `threads` caps the runtime's intra-op threads."""
+        """Open a bundle on its backend. `threads` caps the runtime's intra-op threads.
+
+        A bundle that a writer replaces while it is opened is opened again (see Bundle.load)."""
+        if threads is not None:
+            check_count(threads, THREADS, "threads", ConfigError)
+            runtime_options["threads"] = threads
+        if isinstance(bundle, Bundle):
+            return cls._open(bundle, oos_threshold, runtime_options)
+        for _ in range(READ_ATTEMPTS):
+            predictor = cls._open(Bundle.load(bundle), oos_threshold, runtime_options)
+            if not predictor.bundle.replaced():
+                return predictor
+        raise BundleError(f"{bundle} was replaced {READ_ATTEMPTS} times while it was opened; open it once its "
+                          "writer is done")
+
+    @classmethod
+    def _open(cls, bundle: Bundle, oos_threshold: float | None, runtime_options: dict) -> "Predictor":
         from edge_electra.backends import get_backend
-        if not isinstance(bundle, Bundle):
-            bundle = Bundle.load(bundle)
         check_backend_version(bundle)
         backend = get_backend(bundle.manifest.backend)
         ok, why = backend.available()
         if not ok:
             raise BundleError(f"{bundle.path} needs the {backend.name} backend, which cannot run here: {why}")
-        if threads is not None:
-            runtime_options["threads"] = threads
         try:
             runner = backend.load(bundle, **runtime_options)
         except EdgeElectraError:
@@ -237,7 +247,7 @@ class Predictor:
         predictions = []
         for start in range(0, len(texts), self.shapes.max_batch or max(1, len(texts))):
             chunk = texts[start:start + (self.shapes.max_batch or len(texts))]
-            predictions += self._predict_chunk(chunk, probabilities)
+            predictions += self._predict_chunk(chunk, probabilities, start)
         return predictions
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -246,8 +256,12 @@ class Predictor:
         return np.stack([p.probabilities for p in self.predict_batch(texts, probabilities=True)]) \
             if texts else np.zeros((0, len(self.labels)), np.float32)
 
-    def _predict_chunk(self, texts: list[str], probabilities: bool) -> list[Prediction]:
+    def _predict_chunk(self, texts: list[str], probabilities: bool, first: int) -> list[Prediction]:
         encoded = self.encode(texts)
+        for row, word_ids in enumerate(encoded.word_ids):
+            if all(w is None for w in word_ids):
+                raise DataError(f"input {first + row} is empty once normalised (it holds only control, zero-width "
+                                "or other characters the tokenizer drops); pass some text to classify")
         outputs = self.run(self.feeds(encoded))
         rows = len(texts)
         slot_probs = softmax(outputs[self.slot_output][:rows]) if self.slot_output else None
@@ -275,38 +289,15 @@ class Predictor:
             return Prediction(self.oos_label, score, oos_index, abstained=True)
         return Prediction(self.labels[index], score, index)
 
-    # --- slot tags ----------------------------------------------------------------------------
+    # --- slot tags ---------------------------------------------------------------------------------
     def _slots(self, text: str, word_ids: list[int | None], probs: np.ndarray):
-        """(word, tag, score) per whitespace word, from the first word-piece of its first pre-token word.
-
-        The tokenizer also splits punctuation ("lights," → "lights" ","), so its word ids count
-        pre-token words; each whitespace word owns as many of them as it yields on its own.
-        """
-        words = text.split()
-        first_piece: dict[int, int] = {}
-        for position, word_id in enumerate(word_ids):
-            if word_id is not None:
-                first_piece.setdefault(word_id, position)
-        result, pre_word = [], 0
-        for word, count in zip(words, self._pre_word_counts(words)):
-            position = first_piece.get(pre_word) if count else None
-            pre_word += count
+        """(word, tag, score) per whitespace word, read at the word's first piece (see word_starts)."""
+        words = split_words(text)
+        result = []
+        for word, position in zip(words, word_starts(word_ids, len(words))):
             if position is None:
                 result.append((word, None, None))
             else:
                 tag = int(probs[position].argmax())
                 result.append((word, self.tags[tag], float(probs[position, tag])))
         return result
-
-    def _pre_word_counts(self, words: list[str]) -> list[int]:
-        cache = self._word_pieces
-        with self._tokenize_lock:
-            missing = sorted({w for w in words if w not in cache})
-            if missing:
-                encoded = self.tokenizer(missing, max_length=1 << 20)
-                for word, ids in zip(missing, encoded.word_ids):
-                    cache[word] = len({i for i in ids if i is not None})
-            counts = [cache[w] for w in words]
-            while len(cache) > WORD_CACHE_SIZE:
-                cache.popitem(last=False)
-        return counts

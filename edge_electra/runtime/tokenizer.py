@@ -1,4 +1,9 @@
-"""BERT-uncased WordPiece tokenization through `tokenizers`, with padding to the longest item or to buckets."""
+"""BERT-uncased WordPiece tokenization through `tokenizers`, with padding to the longest item or to buckets.
+
+Words are whitespace-separated (`split_words`), the unit slot tags are given for. Texts are encoded as those
+words (pre-tokenized), so the word ids of an encoding index them directly, whatever the normalizer drops:
+`word_starts` is the one word/piece alignment that training and the Predictor share.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from edge_electra.data import split_words
 from edge_electra.errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -21,6 +27,8 @@ class Encoded:
     attention_mask: np.ndarray
     token_type_ids: np.ndarray
     truncated: list[bool]
+    # Per row and position: the index of the word (in split_words of the row's first text) the piece
+    # belongs to; None for special tokens, the paired text's pieces and padding.
     word_ids: list[list[int | None]]
 
     @property
@@ -30,6 +38,31 @@ class Encoded:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
                 "token_type_ids": self.token_type_ids}
+
+
+def word_starts(word_ids: Sequence[int | None], count: int) -> list[int | None]:
+    """The position of each of `count` words' first piece in one encoding; None for a word with no piece
+    (one the normalizer reduced to nothing, or one cut off by truncation)."""
+    starts: list[int | None] = [None] * count
+    for position, word in enumerate(word_ids):
+        if word is not None and word < count and starts[word] is None:
+            starts[word] = position
+    return starts
+
+
+def load_tokenizer(source: str | Path, max_length: int = 128) -> "Tokenizer":
+    """A tokenizer from a folder (its tokenizer.json, else its vocab.txt), a tokenizer.json, or a vocab.txt."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / "tokenizer.json").exists():
+            path = path / "tokenizer.json"
+        elif (path / "vocab.txt").exists():
+            path = path / "vocab.txt"
+        else:
+            raise ConfigError(f"{source} has neither tokenizer.json nor vocab.txt")
+    if path.suffix == ".json":
+        return Tokenizer.from_file(path, max_length)
+    return Tokenizer.from_vocab(path, max_length=max_length)
 
 
 def _bert_pipeline(tok: HFTokenizer, lowercase: bool) -> HFTokenizer:
@@ -103,12 +136,9 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, max_length: int = 128) -> "Tokenizer":
         """From a folder holding tokenizer.json or vocab.txt (a Hugging Face checkpoint, a bundle)."""
-        folder = Path(folder)
-        if (folder / "tokenizer.json").exists():
-            return cls.from_file(folder / "tokenizer.json", max_length)
-        if (folder / "vocab.txt").exists():
-            return cls.from_vocab(folder / "vocab.txt", max_length=max_length)
-        raise ConfigError(f"{folder} has neither tokenizer.json nor vocab.txt")
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{folder} is not a folder with tokenizer.json or vocab.txt")
+        return load_tokenizer(folder, max_length)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, max_length: int = 128) -> "Tokenizer":
@@ -136,7 +166,7 @@ class Tokenizer:
         return self._tok.get_vocab_size()
 
     def tokenize(self, text: str) -> list[str]:
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        return self._tok.encode(split_words(text), is_pretokenized=True, add_special_tokens=False).tokens
 
     def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                  max_length: int | None = None, buckets: Sequence[int] | None = None) -> Encoded:
@@ -149,11 +179,14 @@ class Tokenizer:
         limit = min(max_length or self.max_length, max(buckets) if buckets else 1 << 30)
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
+        if not all(isinstance(t, str) for t in [*texts, *(pairs or [])]):
+            raise DataError(_why_not_text([*texts, *(pairs or [])]))
+        words = [split_words(t) for t in texts]
         self._tok.enable_truncation(limit, strategy="longest_first")
         try:
-            inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
-            encodings = self._tok.encode_batch(inputs)
-        except TypeError as e:  # `tokenizers` says only "TextEncodeInput must be Union[...]"
+            inputs = list(zip(words, map(split_words, pairs))) if pairs is not None else words
+            encodings = self._tok.encode_batch(inputs, is_pretokenized=True)
+        except TypeError as e:  # `tokenizers` says only "PreTokenizedEncodeInput must be Union[...]"
             raise DataError(_why_not_text([*texts, *(pairs or [])])) from e
         finally:
             self._tok.no_truncation()
@@ -166,8 +199,11 @@ class Tokenizer:
             batch[row, :len(e.ids)] = e.ids
             mask[row, :len(e.ids)] = 1
             types[row, :len(e.ids)] = e.type_ids
-        return Encoded(batch, mask, types, [bool(e.overflowing) for e in encodings],
-                       [e.word_ids for e in encodings])
+        word_ids = [e.word_ids for e in encodings]
+        if pairs is not None:
+            word_ids = [[w if t == 0 else None for w, t in zip(ids, e.type_ids)]
+                        for ids, e in zip(word_ids, encodings)]
+        return Encoded(batch, mask, types, [bool(e.overflowing) for e in encodings], word_ids)
 
     def settings(self) -> dict:
         return {"max_length": self.max_length, "vocab_size": self.vocab_size, "pad_id": self.pad_id,

@@ -26,11 +26,11 @@ from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset as model_preset
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.train.model import Electra
-from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
 from edge_electra.train import curves, labelled, placement, state
 from edge_electra.train.evaluate import classification_report, slot_f1
 from edge_electra.train.optim import adamw, warmup_linear
-from edge_electra.train.options import config_from_cli, load_tokenizer, trained_tokenizer
+from edge_electra.train.options import config_from_cli, trained_tokenizer
 from edge_electra.train.teacher import BACKENDS, teacher_outputs
 
 

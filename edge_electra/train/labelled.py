@@ -4,20 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer, word_starts
 
 IGNORE = -100
-
-
-def first_piece_positions(tokenizer: Tokenizer, text: str, cache: dict) -> list[int]:
-    """The position of each whitespace word's first word piece after [CLS]; -1 for a word with no pieces."""
-    positions, position = [], 1
-    for word in text.split():
-        if word not in cache:
-            cache[word] = len(tokenizer.tokenize(word))
-        positions.append(position if cache[word] else -1)
-        position += cache[word]
-    return positions
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], max_length: int, label_ids: list[int] | None = None,
@@ -25,19 +14,20 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int, label_ids: l
     """input_ids/attention_mask/token_type_ids (N, S) plus `labels` (N,) and `slot_labels` (N, S) when given.
 
     A missing label is IGNORE, so unlabelled rows add no hard-label loss. Slot tags sit on each word's
-    first piece; other pieces, special tokens and padding are IGNORE.
+    first piece (word_starts, as the Predictor reads them); other pieces, special tokens, padding and words
+    without pieces are IGNORE.
     """
     enc = tokenizer(texts, max_length=max_length)
     batch = {name: torch.from_numpy(array) for name, array in enc.arrays().items()}
     batch["labels"] = torch.tensor(label_ids if label_ids is not None else [IGNORE] * len(texts))
     if slot_labels:
-        index, cache = {tag: i for i, tag in enumerate(slot_labels)}, {}
+        index = {tag: i for i, tag in enumerate(slot_labels)}
         slots = np.full(enc.input_ids.shape, IGNORE, dtype=np.int64)
-        for row, (text, row_tags) in enumerate(zip(texts, tags or [None] * len(texts))):
+        for row, row_tags in enumerate(tags or [None] * len(texts)):
             if row_tags is None:
                 continue
-            for position, tag in zip(first_piece_positions(tokenizer, text, cache), row_tags):
-                if 0 < position < enc.attention_mask[row].sum() - 1:
+            for position, tag in zip(word_starts(enc.word_ids[row], len(row_tags)), row_tags):
+                if position is not None:
                     slots[row, position] = index[tag]
         batch["slot_labels"] = torch.from_numpy(slots)
     return batch

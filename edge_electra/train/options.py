@@ -1,4 +1,4 @@
-"""Command-line configs (a TOML/JSON file, then the flags on top) and the tokenizer paths they name."""
+"""Command-line configs (a TOML/JSON file, then the flags on top), and the tokenizer a run learns."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,14 +18,6 @@ def config_from_cli(cls: type[T], config_file: str | None, flags: dict) -> T:
     base = dataclass_io.to_dict(dataclass_io.load(cls, config_file)) if config_file else {}
     given = {k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())}
     return dataclass_io.from_dict(cls, {**base, **given}, source=config_file or "command line")
-
-
-def load_tokenizer(source: str | Path) -> Tokenizer:
-    """A tokenizer from a folder (tokenizer.json or vocab.txt), a tokenizer.json, or a vocab.txt."""
-    path = Path(source)
-    if path.is_dir():
-        return Tokenizer.from_pretrained(path)
-    return Tokenizer.from_file(path) if path.suffix == ".json" else Tokenizer.from_vocab(path)
 
 
 def trained_tokenizer(texts, vocab_size: int, run_dir: str | Path, resume: bool) -> Tokenizer:

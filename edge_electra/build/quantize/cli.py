@@ -15,16 +15,16 @@ METHODS = ("dynamic", "minmax", "entropy", "percentile", "sensitivity", "qat")
 def load_tokenizer_and_labels(path: str | Path):
     """A tokenizer (folder or tokenizer.json) and, when the folder is a checkpoint, its label list."""
     from edge_electra.train.checkpoint import config_from_hf
-    from edge_electra.runtime.tokenizer import Tokenizer
+    from edge_electra.runtime.tokenizer import load_tokenizer
     path = Path(path)
     if path.is_file():
-        return Tokenizer.from_file(path), None
+        return load_tokenizer(path), None
     if not path.is_dir():
         raise ConfigError(f"--checkpoint-or-tokenizer {path} not found (give a checkpoint folder or a tokenizer.json)")
     labels = None
     if (path / "config.json").is_file():
         labels = config_from_hf(json.loads((path / "config.json").read_text())).labels or None
-    return Tokenizer.from_pretrained(path), labels
+    return load_tokenizer(path), labels
 
 
 def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
