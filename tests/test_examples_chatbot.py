@@ -61,12 +61,12 @@ SCRIPT = ["turn on the lights in the kitchen", "", "what time is it", "play some
           "what is the capital of peru", "thanks"]
 
 
-def chat(bundle, *args, block_torch=True):
-    """Run chatbot.py on SCRIPT in a fresh interpreter; with block_torch, importing torch fails there."""
+def chat(bundle, *args, block_torch=True, script=SCRIPT):
+    """Run chatbot.py on `script` in a fresh interpreter; with block_torch, importing torch fails there."""
     guard = "import sys; sys.modules['torch'] = None; " if block_torch else "import sys; "
     code = (guard + f"sys.argv = ['chatbot.py', {str(bundle)!r}, *{list(args)!r}]; "
             f"import runpy; runpy.run_path({str(CHATBOT / 'chatbot.py')!r}, run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code], input="\n".join(SCRIPT) + "\n",
+    return subprocess.run([sys.executable, "-c", code], input="\n".join(script) + "\n",
                           capture_output=True, text=True, timeout=120)
 
 
@@ -86,10 +86,36 @@ def test_scripted_chat_replies_line_by_line_without_torch(tiny_bundle):
         assert reply == assistant.respond(prediction), text
 
 
-def test_threshold_above_every_score_answers_only_the_fallback(tiny_bundle):
+def test_threshold_above_every_score_abstains_says_so_and_answers_the_help_message(tiny_bundle):
     run = chat(tiny_bundle(task="joint"), "--threshold", "1.01")
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [assistant.FALLBACK] * len([t for t in SCRIPT if t])
+    lines = run.stdout.splitlines()
+    notes, replies = lines[0::2], lines[1::2]
+    assert replies == [assistant.FALLBACK] * len([t for t in SCRIPT if t])
+    assert all(n.startswith("  (not sure") and "1.01" in n for n in notes)
+
+
+def test_explain_shows_the_three_likeliest_intents_with_their_scores(tiny_bundle):
+    from edge_electra.runtime.predictor import Predictor
+    bundle = tiny_bundle(task="joint")
+    run = chat(bundle, "--explain")
+    assert run.returncode == 0, run.stderr
+    explained = run.stdout.splitlines()[0::2]
+    predictor = Predictor.load(bundle)
+    for text, line in zip([t for t in SCRIPT if t], explained):
+        probabilities = predictor.predict_proba([text])[0]
+        shown = [part.rsplit(" ", 1) for part in line.strip().split(" | ")]
+        assert len(shown) == 3
+        assert [label for label, _ in shown] == [predictor.labels[i] for i in probabilities.argsort()[::-1][:3]]
+        assert [float(score) for _, score in shown] == [round(float(p), 2) for p in sorted(probabilities)[::-1][:3]]
+
+
+def test_quit_or_exit_ends_the_chat_and_skips_the_rest(tiny_bundle):
+    bundle = tiny_bundle(task="joint")
+    for word in ("quit", "EXIT"):
+        run = chat(bundle, script=["what time is it", word, "turn on the lights"])
+        assert run.returncode == 0, run.stderr
+        assert len(run.stdout.splitlines()) == 2 and run.stdout.splitlines()[-1] == "Bye."
 
 
 def test_a_missing_bundle_is_one_clear_line(tmp_path):
