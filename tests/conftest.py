@@ -17,7 +17,14 @@ INTENTS = {
 SLOT_LABELS = ["O", "B-room", "B-artist", "I-artist", "B-city", "B-date"]
 TEXTS = [t for texts in INTENTS.values() for t in texts]
 LABELS = list(INTENTS)
-BACKEND_LIBRARY = {"onnx-mobile": "onnxruntime", "openvino": "openvino"}
+
+
+def installed_version(library: str | None) -> dict[str, str]:
+    """{library: its installed version}, or nothing when it is not installed."""
+    try:
+        return {library: metadata.version(library)} if library else {}
+    except metadata.PackageNotFoundError:
+        return {}
 
 
 def write_dataset(path, texts=TEXTS):
@@ -79,6 +86,7 @@ def tiny_bundle(tmp_path_factory):
     """
     torch = pytest.importorskip("torch")
     from edge_electra import dataclass_io
+    from edge_electra.backends import backend_library
     from edge_electra.build.package import write_bundle
     from edge_electra.runtime.bundle import Manifest, TensorSpec
     from edge_electra.train.config import preset
@@ -102,7 +110,7 @@ def tiny_bundle(tmp_path_factory):
         workdir.mkdir()
         input_names = ["input_ids", "attention_mask", "token_type_ids"]
         _export(model, workdir / "model.onnx", input_names)
-        library = BACKEND_LIBRARY.get(backend)
+        library = backend_library(backend)
         fields = dict(
             task=task, labels=cfg.labels, slot_labels=cfg.slot_labels, backend=backend, precision="fp32",
             inputs=[TensorSpec(n, "int64", [[1, 8], [1, 64]]) for n in input_names],
@@ -111,7 +119,7 @@ def tiny_bundle(tmp_path_factory):
             tokenizer={"max_length": 64, "buckets": [16, 32, 64]},
             runtime={"max_batch": 8},
             source={"config": dataclass_io.to_dict(cfg)},
-            versions={library: metadata.version(library)} if library else {},
+            versions=installed_version(library),
         )
         fields.update(manifest_fields)
         dest = write_bundle(root / f"{task}-{backend}-{len(built)}", Manifest(**fields),

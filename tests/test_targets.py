@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from edge_electra import dataclass_io
 from edge_electra.errors import ConfigError
-from edge_electra.build.targets import BACKEND_PRECISIONS, TargetProfile, load_target, target_names, targets_command
+from edge_electra.backends import get_backend
+from edge_electra.build.targets import TargetProfile, load_target, target_names, targets_command
 
 REQUIRED = {"x86-avx2-cpu": "onnx-mobile", "x86-vnni-cpu": "openvino", "intel-igpu": "openvino",
             "intel-npu": "openvino", "android-arm64": "onnx-mobile", "ios-arm64": "onnx-mobile",
@@ -36,7 +37,7 @@ def test_ships_the_required_device_classes():
 def test_every_profile_is_valid_and_round_trips(name, tmp_path):
     profile = load_target(name)
     assert profile.name == name
-    assert set(profile.precisions) <= set(BACKEND_PRECISIONS[profile.backend])
+    assert set(profile.precisions) <= set(get_backend(profile.backend).precisions)
     assert profile.verified, "each profile says what was verified where"
     dataclass_io.save(profile, tmp_path / f"{name}.toml")
     assert load_target(tmp_path / f"{name}.toml") == profile
@@ -44,13 +45,13 @@ def test_every_profile_is_valid_and_round_trips(name, tmp_path):
 
 def test_device_specific_settings():
     android, ios = load_target("android-arm64"), load_target("ios-arm64")
-    assert android.fixed_shapes and android.execution_providers[:2] == ["NnapiExecutionProvider",
-                                                                          "XnnpackExecutionProvider"]
-    assert ios.fixed_shapes and ios.execution_providers[0] == "CoreMLExecutionProvider"
-    assert "XnnpackExecutionProvider" in load_target("raspberry-pi-5").execution_providers
-    assert load_target("intel-igpu").runtime["device"] == "GPU"
-    assert load_target("intel-npu").runtime["device"] == "NPU"
-    assert load_target("x86-nvidia-gpu").runtime["workspace_mb"] > 0
+    assert android.fixed_shapes and android.options.execution_providers[:2] == ["NnapiExecutionProvider",
+                                                                                  "XnnpackExecutionProvider"]
+    assert ios.fixed_shapes and ios.options.execution_providers[0] == "CoreMLExecutionProvider"
+    assert "XnnpackExecutionProvider" in load_target("raspberry-pi-5").options.execution_providers
+    assert load_target("intel-igpu").options.device == "GPU"
+    assert load_target("intel-npu").options.device == "NPU"
+    assert load_target("x86-nvidia-gpu").options.workspace_mb > 0
 
 
 def test_a_user_file_by_path(tmp_path):
@@ -68,8 +69,18 @@ def test_a_user_file_by_path(tmp_path):
     ({"seq": {"min": 8, "opt": 16}}, "missing required key(s) ['max']"),
     ({"buckets": [32, 16]}, "strictly increasing"),
     ({"buckets": [16, 64]}, "buckets [64] fall outside seq [8, 32]"),
-    ({"runtime": {"device": "GPU"}}, "unknown runtime option(s) ['device'] for backend onnx-mobile"),
-    ({"runtime": {"execution_providers": ["nnapi"]}}, "ONNX Runtime provider names"),
+    ({"runtime": {"device": "GPU"}}, "runtime (backend onnx-mobile): unknown key(s) ['device']"),
+    ({"runtime": {"execution_providers": ["nnapi"]}}, "runtime (backend onnx-mobile): 'execution_providers' must "
+                                                     "list ONNX Runtime provider names"),
+    ({"runtime": {"optimization_level": "max"}}, "'optimization_level' must be one of"),
+    ({"runtime": {"provider_options": {"XnnpackExecutionProvider": 4}}}, "'provider_options'.XnnpackExecutionProvider"),
+    ({"backend": "openvino", "precisions": ["fp32"], "runtime": {"cache": "yes"}}, "'cache' must be bool"),
+    ({"backend": "openvino", "precisions": ["fp32"], "runtime": {"performance_hint": "THROUGHPUT"}},
+     "unknown key(s) ['performance_hint']"),
+    ({"backend": "tensorrt", "precisions": ["fp16"], "runtime": {"optimization_level": 9}},
+     "runtime (backend tensorrt): 'optimization_level' must be 0-5"),
+    ({"backend": "tensorrt", "precisions": ["fp16"], "runtime": {"workspace_mb": "lots"}}, "'workspace_mb' must be int"),
+    ({"backend": "torch", "precisions": ["fp16"], "runtime": {}}, "backend torch cannot build precision 'fp16'"),
     ({"threads": -1}, "threads must be >= 0"),
     ({"accuracy_budget": "half"}, "'accuracy_budget' must be float"),
 ])

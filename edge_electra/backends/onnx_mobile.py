@@ -11,15 +11,17 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from edge_electra.errors import BundleError, ConfigError
 from edge_electra.backends import register
-from edge_electra.backends.base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks
+from edge_electra.backends.base import (Backend, CompiledModel, Variant, bundle_variants, check_feeds, pick_fixed,
+                                        run_in_chunks, variant_dicts)
 
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CPU = "CPUExecutionProvider"
 XNNPACK = "XnnpackExecutionProvider"
 # ORT ships its documented NNAPI and CoreML op lists with the Python package (tools/mobile_helpers).
@@ -32,6 +34,29 @@ XNNPACK_DOCUMENTED_OPS = frozenset({
     "com.microsoft:QLinearAveragePool", "com.microsoft:QLinearConvTranspose", "com.microsoft:QLinearSoftmax",
 })
 REQUIRED_OPERATORS = "required_operators.config"
+
+
+@dataclass
+class OrtOptions:
+    """A profile's [runtime] table for ONNX Runtime."""
+    # ORT provider names in order of preference; CPUExecutionProvider is always the fallback.
+    execution_providers: list[str] = field(default_factory=list)
+    # {provider: {option: value}}; ORT takes the values as strings.
+    provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ORT graph level baked into the .ort file ("basic" keeps standard ONNX ops that NNAPI/CoreML can take).
+    optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    # Which int8 kernels the .ort file is optimized for.
+    target_platform: Literal["arm", "amd64"] = "amd64"
+
+    def __post_init__(self):
+        wrong = [e for e in self.execution_providers if not e.endswith("ExecutionProvider")]
+        if wrong:
+            raise ConfigError(f"'execution_providers' must list ONNX Runtime provider names such as "
+                              f"'XnnpackExecutionProvider', got {wrong}")
+
+
+def short(provider: str) -> str:
+    return provider.removesuffix("ExecutionProvider")
 
 
 def _ort():
@@ -74,13 +99,13 @@ class OrtRunner:
     Fixed-shape models take a fixed batch: larger batches are run in chunks, the last one padded.
     """
 
-    def __init__(self, variants: list[dict], folder: Path, preferred: list[str], provider_options: dict,
+    def __init__(self, variants: list[Variant], folder: Path, preferred: list[str], provider_options: dict,
                  threads: int):
         self._requested, self._provider_options, session_threads = choose_providers(
             preferred, provider_options, threads)
         self.preferred_providers = list(preferred)
         self._options = session_options(session_threads)
-        self._paths = {v.get("seq"): (folder / v["file"], v.get("batch")) for v in variants}
+        self._paths = {v.seq: (folder / v.file, v.batch) for v in variants}
         self._sessions = {}
         first = self._session(next(iter(self._paths)))
         self.input_names = [i.name for i in first.get_inputs()]
@@ -88,6 +113,7 @@ class OrtRunner:
         self._input_types = {i.name: i.type for i in first.get_inputs()}
         # What ORT actually registered (an EP can decline to load on this device).
         self.providers = first.get_providers()
+        self.device = ", ".join(map(short, self.providers))
 
     def _session(self, seq):
         if seq not in self._sessions:
@@ -119,18 +145,6 @@ def _as_float32(array: np.ndarray) -> np.ndarray:
 
 
 # ---- building ----------------------------------------------------------------------------------
-def fix_shape(src: Path, dest: Path, batch: int, seq: int) -> Path:
-    """A copy of `src` whose inputs are [batch, seq] and whose other shapes follow (NNAPI, CoreML)."""
-    import onnx
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
-    model = onnx.load(str(src))
-    for value in model.graph.input:
-        make_input_shape_fixed(model.graph, value.name, [batch, seq])
-    fix_output_shapes(model)
-    onnx.save(onnx.shape_inference.infer_shapes(model), str(dest))
-    return dest
-
-
 @contextlib.contextmanager
 def _env(name: str, value: str):
     old = os.environ.get(name)
@@ -259,6 +273,10 @@ def _dummy_feeds(onnx_path: Path, batch: int, seq: int) -> dict:
 
 @register("onnx-mobile")
 class OnnxMobileBackend(Backend):
+    precisions = ("fp32", "fp16", "int8-dynamic", "int8-static")
+    options = OrtOptions
+    library = "onnxruntime"
+    build_libraries = ("onnx",)
     extra = "onnx"
     requires = ("onnxruntime",)
     # Unsigned activations with a zero point are ONNX Runtime's fast INT8 path on CPUs (U8S8); signed
@@ -267,14 +285,10 @@ class OnnxMobileBackend(Backend):
     static_quant = {"symmetric_activations": False}
 
     def compile(self, request, workdir: Path) -> CompiledModel:
+        from edge_electra.build.export import fix_shape
         target = request.target
-        level = target.runtime.get("optimization_level", "all")
-        if level not in OPTIMIZATION_LEVELS:
-            raise ConfigError(f"target {target.name}: runtime.optimization_level must be one of "
-                              f"{list(OPTIMIZATION_LEVELS)}, got {level!r}")
-        platform = target.runtime.get("target_platform", "amd64")
-        if platform not in ("arm", "amd64"):
-            raise ConfigError(f"target {target.name}: runtime.target_platform must be 'arm' or 'amd64'")
+        options: OrtOptions = target.options
+        level = options.optimization_level
         # ORT's transformer fusions (Attention, SkipLayerNorm) are CPU/XNNPACK-only contrib ops: use them
         # only where the profile keeps ORT's higher optimization levels.
         fused = level in ("extended", "all") and request.precision != "int8-static"
@@ -282,39 +296,44 @@ class OnnxMobileBackend(Backend):
         stage = workdir / "onnx-mobile-variants"
         stage.mkdir(parents=True)
         if target.fixed_shapes:
-            variants = [{"file": f"model.s{s}.ort", "batch": target.batch.opt, "seq": s} for s in target.buckets]
+            variants = [Variant(f"model.s{s}.ort", seq=s, batch=target.batch.opt) for s in target.buckets]
             for v in variants:
-                fix_shape(candidate, stage / v["file"].replace(".ort", ".onnx"), v["batch"], v["seq"])
+                fix_shape(candidate, stage / v.file.replace(".ort", ".onnx"), v.batch, v.seq)
         else:
-            variants = [{"file": "model.ort"}]
+            variants = [Variant("model.ort")]
             shutil.copyfile(candidate, stage / "model.onnx")
-        models, config = convert_to_ort(stage, workdir / "onnx-mobile-ort", level, platform)
+        models, config = convert_to_ort(stage, workdir / "onnx-mobile-ort", level, options.target_platform)
         files = {m.name: m for m in models} | {REQUIRED_OPERATORS: config}
         probe = variants[0]
-        probe_onnx = stage / probe["file"].replace(".ort", ".onnx")
-        feeds = _dummy_feeds(probe_onnx, probe.get("batch", 1), probe.get("seq", target.buckets[0]))
-        coverage = op_coverage(probe_onnx, files[probe["file"]], target.execution_providers, target.fixed_shapes,
+        probe_onnx = stage / probe.file.replace(".ort", ".onnx")
+        feeds = _dummy_feeds(probe_onnx, probe.batch or 1, probe.seq or target.buckets[0])
+        coverage = op_coverage(probe_onnx, files[probe.file], options.execution_providers, target.fixed_shapes,
                                feeds, level)
-        runtime = {"execution_providers": target.execution_providers or [CPU],
-                   "provider_options": target.runtime.get("provider_options", {}),
-                   "threads": target.threads, "optimization_level": level, "target_platform": platform,
-                   "variants": variants}
+        runtime = {"execution_providers": options.execution_providers or [CPU],
+                   "provider_options": options.provider_options, "threads": target.threads,
+                   "optimization_level": level, "target_platform": options.target_platform,
+                   "variants": variant_dicts(variants)}
         return CompiledModel(files=files, precision=request.precision, runtime=runtime,
                              report={"op_coverage": coverage}, onnx=candidate)
 
     def load(self, bundle, threads: int | None = None, providers: list[str] | None = None, **_) -> OrtRunner:
-        runtime = bundle.manifest.runtime
-        variants = runtime.get("variants") or [{"file": _model_file(bundle)}]
-        for v in variants:
-            bundle.file(v["file"])  # a clear BundleError if the manifest does not list it
+        options: OrtOptions = self.bundle_options(bundle)
+        variants = bundle_variants(bundle, ("model.ort", "model.onnx"))
         return OrtRunner(variants, bundle.path,
-                         preferred=providers if providers is not None else runtime.get("execution_providers", [CPU]),
-                         provider_options=runtime.get("provider_options", {}),
-                         threads=runtime.get("threads", 0) if threads is None else threads)
+                         preferred=providers if providers is not None else options.execution_providers or [CPU],
+                         provider_options=options.provider_options,
+                         threads=bundle.manifest.runtime.get("threads", 0) if threads is None else threads)
 
+    def runs_on(self, options: OrtOptions) -> str:
+        return ", ".join(map(short, options.execution_providers)) or "CPU"
 
-def _model_file(bundle) -> str:
-    for name in ("model.ort", "model.onnx"):
-        if name in bundle.manifest.files:
-            return name
-    raise BundleError(f"{bundle.path} holds no model.ort or model.onnx for the onnx-mobile backend")
+    def runs_here(self, options: OrtOptions) -> str:
+        ok, _ = self.available()
+        if not ok or not options.execution_providers:
+            return super().runs_here(options)
+        present = [e for e in options.execution_providers if e in self.devices()]
+        return "yes (" + (", ".join(map(short, present)) or "CPU fallback") + ")"
+
+    def devices(self) -> list[str]:
+        return list(_ort().get_available_providers())
+

@@ -1,20 +1,39 @@
 """OpenVINO: IR (.xml + .bin) converted from our FP32 ONNX; FP16 by weight compression, INT8 through NNCF.
 
-The runner compiles the IR for the profile's device (CPU, GPU, NPU, AUTO) with its performance hint,
-caching compiled blobs in a user cache folder (OpenVINO's CACHE_DIR) so later loads skip compilation.
-Devices missing here fall back to CPU, and the runner records which device it used.
+The runner compiles the IR for the profile's device (CPU, GPU, NPU, AUTO), caching compiled blobs in a user
+cache folder (OpenVINO's CACHE_DIR) so later loads skip compilation. A device missing here falls back to
+CPU with a warning, and the runner records the device OpenVINO actually runs on (`device`); the bench
+shows it.
+
+Each call runs one synchronous request on the whole batch, so the runner always asks for the LATENCY hint:
+THROUGHPUT splits the device into streams that only parallel requests can use, and one request then gets
+a fraction of it.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_electra.errors import BundleError, ConfigError
+from edge_electra.errors import BundleError
 from edge_electra.backends import register
-from edge_electra.backends.base import Backend, CompiledModel, check_feeds, pick_fixed, run_in_chunks, user_cache_dir
+from edge_electra.backends.base import (Backend, CompiledModel, Variant, bundle_variants, check_feeds, pick_fixed,
+                                        run_in_chunks, user_cache_dir, variant_dicts)
 
-HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+log = logging.getLogger(__name__)
+# Devices that choose their own hardware among those present.
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+
+
+@dataclass
+class OpenVinoOptions:
+    """A profile's [runtime] table for OpenVINO."""
+    # CPU, GPU, NPU, GPU.1, AUTO, AUTO:GPU,CPU...
+    device: str = "CPU"
+    # Keep compiled blobs in the user cache folder so later loads skip compilation.
+    cache: bool = True
 
 
 def _ov():
@@ -25,35 +44,57 @@ def _ov():
     return openvino
 
 
-def quantize_int8(model, calibration_feeds: list[dict[str, np.ndarray]]):
-    """Post-training INT8 with NNCF's transformer scheme (keeps LayerNorm/Softmax/GELU in float)."""
+def quantize_int8(model, calibration_feeds: list[dict[str, np.ndarray]], samples: int):
+    """Post-training INT8 with NNCF's transformer scheme (keeps LayerNorm/Softmax/GELU in float), calibrated on
+    `samples` items of the feeds (NNCF's subset_size counts dataset items)."""
     import nncf
     names = [p.get_any_name() for p in model.inputs]
     dataset = nncf.Dataset(calibration_feeds, lambda feeds: {n: feeds[n] for n in names})
-    return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration_feeds))
+    return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=min(samples, len(calibration_feeds)))
+
+
+def choose_device(requested: str, present: list[str]) -> str:
+    """`requested` when this machine has it ("GPU" matches "GPU.0"), else CPU."""
+    if requested.split(":")[0] in VIRTUAL_DEVICES:
+        return requested
+    family, _, index = requested.partition(".")
+    here = requested in present or (not index and any(d.split(".")[0] == family for d in present)) or \
+        (index == "0" and family in present)
+    return requested if here else "CPU"
+
+
+def compile_config(device: str, threads: int, precision: str) -> dict:
+    """The properties the runner compiles each model with on `device`."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    family = device.split(".")[0]
+    if family == "CPU" and threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    # Without the hint the GPU plugin runs an fp32 model in f16, and the CPU plugin in bf16 on AMX chips.
+    if precision == "fp32" and family in ("CPU", "GPU"):
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
 
 
 class OpenVinoRunner:
-    def __init__(self, variants: list[dict], folder: Path, device: str, hint: str, threads: int, precision: str,
+    def __init__(self, variants: list[Variant], folder: Path, device: str, threads: int, precision: str,
                  cache: bool):
-        ov = _ov()
-        core = ov.Core()
-        present = {d.split(".")[0] for d in core.available_devices}
+        core = _ov().Core()
         self.requested_device = device
-        self.device = device if device.split(":")[0] == "AUTO" or device.split(".")[0] in present else "CPU"
+        chosen = choose_device(device, list(core.available_devices))
+        if chosen != device:
+            log.warning("OpenVINO device %s is not present here (devices: %s); running on CPU", device,
+                        ", ".join(core.available_devices))
         if cache:
             core.set_property({"CACHE_DIR": str(user_cache_dir("openvino"))})
-        config = {"PERFORMANCE_HINT": hint}
-        if self.device == "CPU":
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            if precision == "fp32":  # the CPU plugin would otherwise run it in bf16 on AMX chips
-                config["INFERENCE_PRECISION_HINT"] = "f32"
+        config = compile_config(chosen, threads, precision)
         self._models = {}
         for v in variants:
-            compiled = core.compile_model(str(folder / v["file"]), self.device, config)
-            self._models[v.get("seq")] = (compiled, compiled.create_infer_request(), v.get("batch"))
+            compiled = core.compile_model(str(folder / v.file), chosen, config)
+            self._models[v.seq] = (compiled, compiled.create_infer_request(), v.batch)
         compiled = next(iter(self._models.values()))[0]
+        # What OpenVINO runs on: AUTO's pick, or the fallback.
+        self.device = ", ".join(compiled.get_property("EXECUTION_DEVICES"))
         self.input_names = [p.get_any_name() for p in compiled.inputs]
         self.output_names = [p.get_any_name() for p in compiled.outputs]
 
@@ -76,45 +117,59 @@ class OpenVinoRunner:
 
 @register("openvino")
 class OpenVinoBackend(Backend):
+    precisions = ("fp32", "fp16", "int8-static")
+    options = OpenVinoOptions
+    library = "openvino"
+    build_libraries = ("nncf",)
     extra = "openvino"
     requires = ("openvino",)
 
     def compile(self, request, workdir: Path) -> CompiledModel:
         ov = _ov()
         target = request.target
-        hint = target.runtime.get("performance_hint", "LATENCY")
-        if hint not in HINTS:
-            raise ConfigError(f"target {target.name}: runtime.performance_hint must be one of {list(HINTS)}, got {hint!r}")
+        options: OpenVinoOptions = target.options
         model = request.memo("openvino-ir", lambda: ov.convert_model(str(request.reference_onnx))).clone()
         if request.precision == "int8-static":
-            model = quantize_int8(model, request.calibration_feeds())
+            # One utterance per item, so that the recipe's sample count is a count of utterances.
+            model = quantize_int8(model, request.calibration_feeds(batch_size=1), request.calibration_samples)
         compress = request.precision == "fp16"
         if target.fixed_shapes:
-            variants = [{"file": f"model.s{s}.xml", "batch": target.batch.opt, "seq": s} for s in target.buckets]
+            variants = [Variant(f"model.s{s}.xml", seq=s, batch=target.batch.opt) for s in target.buckets]
         else:
-            variants = [{"file": "model.xml"}]
+            variants = [Variant("model.xml")]
         files = {}
         for v in variants:
-            if "seq" in v:
-                model.reshape({p.get_any_name(): [v["batch"], v["seq"]] for p in model.inputs})
-            xml = workdir / v["file"]
+            if v.seq is not None:
+                model.reshape({p.get_any_name(): [v.batch, v.seq] for p in model.inputs})
+            xml = workdir / v.file
             ov.save_model(model, str(xml), compress_to_fp16=compress)
             files[xml.name] = xml
             files[xml.with_suffix(".bin").name] = xml.with_suffix(".bin")
-        runtime = {"device": target.runtime.get("device", "CPU"), "performance_hint": hint,
-                   "cache": bool(target.runtime.get("cache", True)), "threads": target.threads, "variants": variants}
+        runtime = {"device": options.device, "cache": options.cache, "threads": target.threads,
+                   "variants": variant_dicts(variants)}
         report = {"openvino": {"ops": sorted({op.get_type_name() for op in model.get_ops()}),
                                "weights": "fp16" if compress else "int8 (NNCF)" if request.precision == "int8-static"
                                else "fp32"}}
         return CompiledModel(files=files, precision=request.precision, runtime=runtime, report=report)
 
     def load(self, bundle, threads: int | None = None, device: str | None = None, **_) -> OpenVinoRunner:
-        runtime = bundle.manifest.runtime
-        variants = runtime.get("variants") or [{"file": "model.xml"}]
+        options: OpenVinoOptions = self.bundle_options(bundle)
+        variants = bundle_variants(bundle, ("model.xml",))
         for v in variants:
-            bundle.file(v["file"])
-            bundle.file(Path(v["file"]).with_suffix(".bin").name)
-        return OpenVinoRunner(variants, bundle.path, device or runtime.get("device", "CPU"),
-                              runtime.get("performance_hint", "LATENCY"),
-                              runtime.get("threads", 0) if threads is None else threads,
-                              bundle.manifest.precision, runtime.get("cache", True))
+            bundle.file(Path(v.file).with_suffix(".bin").name)
+        return OpenVinoRunner(variants, bundle.path, device or options.device,
+                              bundle.manifest.runtime.get("threads", 0) if threads is None else threads,
+                              bundle.manifest.precision, options.cache)
+
+    def runs_on(self, options: OpenVinoOptions) -> str:
+        return options.device
+
+    def runs_here(self, options: OpenVinoOptions) -> str:
+        ok, _ = self.available()
+        if not ok:
+            return super().runs_here(options)
+        chosen = choose_device(options.device, self.devices())
+        return "yes" if chosen == options.device else f"CPU only (no {options.device} here)"
+
+    def devices(self) -> list[str]:
+        return list(_ov().Core().available_devices)

@@ -4,6 +4,7 @@ Every benchmark compares against it. The only runner allowed to import torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,16 @@ import numpy as np
 from edge_electra.errors import BundleError, ConfigError
 from edge_electra.backends import register
 from edge_electra.backends.base import Backend, CompiledModel, check_feeds
+from edge_electra.runtime.io_spec import INPUTS
 
 FILES = ("config.json", "model.safetensors")
+
+
+@dataclass
+class TorchOptions:
+    """A profile's [runtime] table for the torch reference."""
+    # "cpu", "cuda", "cuda:1"...; CUDA falls back to the CPU when torch sees no GPU.
+    device: str = "cpu"
 
 
 class TorchRunner:
@@ -26,7 +35,7 @@ class TorchRunner:
         self.device = device
         self.model, _ = load_pretrained(folder)
         self.model.eval().to(device)
-        self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        self.input_names = list(INPUTS)
         self.output_names = list(self.model.output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,6 +50,9 @@ class TorchRunner:
 
 @register("torch")
 class TorchBackend(Backend):
+    precisions = ("fp32",)
+    options = TorchOptions
+    library = "torch"
     extra = "train"
     requires = ("torch", "safetensors")
 
@@ -49,15 +61,18 @@ class TorchBackend(Backend):
         if request.precision != "fp32":
             raise ConfigError(f"the torch reference runs fp32 only, not {request.precision}")
         folder = save_pretrained(request.model, workdir / "checkpoint")
-        runtime = {"device": request.target.runtime.get("device", "cpu"), "threads": request.target.threads}
+        runtime = {"device": request.target.options.device, "threads": request.target.threads}
         return CompiledModel(files={name: folder / name for name in FILES}, precision="fp32", runtime=runtime)
 
     def load(self, bundle, threads: int | None = None, device: str | None = None, **_) -> TorchRunner:
         for name in FILES:
             bundle.file(name)
-        runtime = bundle.manifest.runtime
+        options: TorchOptions = self.bundle_options(bundle)
         try:
-            return TorchRunner(bundle.path, device or runtime.get("device", "cpu"),
-                               runtime.get("threads", 0) if threads is None else threads)
+            return TorchRunner(bundle.path, device or options.device,
+                               bundle.manifest.runtime.get("threads", 0) if threads is None else threads)
         except ImportError as e:
             raise BundleError(f"{bundle.path} needs torch to run: pip install 'edge-electra[train]'") from e
+
+    def runs_on(self, options: TorchOptions) -> str:
+        return options.device

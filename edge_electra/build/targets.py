@@ -17,28 +17,11 @@ from typing import Any
 import click
 
 from edge_electra import dataclass_io
+from edge_electra.backends import backend_names, get_backend
 from edge_electra.errors import ConfigError
 from edge_electra.resources import resource_dir
 
-# What each backend can build, and the runtime options its profile may set.
-BACKEND_PRECISIONS = {
-    "onnx-mobile": ("fp32", "fp16", "int8-dynamic", "int8-static"),
-    "openvino": ("fp32", "fp16", "int8-static"),
-    "tensorrt": ("fp32", "fp16", "bf16", "int8-static"),
-    "torch": ("fp32",),
-}
-BACKEND_RUNTIME_KEYS = {
-    # execution_providers: ORT names in order of preference; CPUExecutionProvider is always the fallback.
-    # provider_options: {provider: {option: value}}; optimization_level: ORT graph level baked into the
-    # .ort file ("basic" keeps standard ONNX ops that NNAPI/CoreML can take); target_platform: "arm" or
-    # "amd64" (which int8 kernels the .ort file is optimized for).
-    "onnx-mobile": {"execution_providers", "provider_options", "optimization_level", "target_platform"},
-    # device: CPU, GPU, NPU, AUTO...; performance_hint: LATENCY or THROUGHPUT; cache: compiled-model cache.
-    "openvino": {"device", "performance_hint", "cache"},
-    # workspace_mb: builder memory pool; optimization_level: builder level 0-5; timing_cache: reuse tactics.
-    "tensorrt": {"workspace_mb", "optimization_level", "timing_cache"},
-    "torch": {"device"},
-}
+# Every precision compile knows how to build; each backend says which of them it builds.
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8-dynamic", "int8-static")
 
 
@@ -74,15 +57,16 @@ class TargetProfile:
         validate(self)
 
     @property
-    def execution_providers(self) -> list[str]:
-        return list(self.runtime.get("execution_providers", []))
+    def options(self):
+        """The [runtime] table as the backend's typed options."""
+        return get_backend(self.backend).parse_options(self.runtime, f"target {self.name!r}: runtime")
 
 
 def validate(p: TargetProfile) -> None:
     where = f"target {p.name!r}"
-    if p.backend not in BACKEND_PRECISIONS:
-        raise ConfigError(f"{where}: unknown backend {p.backend!r}; choose one of {sorted(BACKEND_PRECISIONS)}")
-    allowed = BACKEND_PRECISIONS[p.backend]
+    if p.backend not in backend_names():
+        raise ConfigError(f"{where}: unknown backend {p.backend!r}; choose one of {backend_names()}")
+    allowed = get_backend(p.backend).precisions
     if not p.precisions:
         raise ConfigError(f"{where}: 'precisions' is empty; list at least one of {list(allowed)}")
     for precision in p.precisions:
@@ -103,14 +87,7 @@ def validate(p: TargetProfile) -> None:
         raise ConfigError(f"{where}: threads must be >= 0 (0 = runtime default), got {p.threads}")
     if not 0 <= p.accuracy_budget <= 100:
         raise ConfigError(f"{where}: accuracy_budget is in percentage points (0-100), got {p.accuracy_budget}")
-    unknown = sorted(set(p.runtime) - BACKEND_RUNTIME_KEYS[p.backend])
-    if unknown:
-        raise ConfigError(f"{where}: unknown runtime option(s) {unknown} for backend {p.backend}; "
-                          f"allowed: {sorted(BACKEND_RUNTIME_KEYS[p.backend])}")
-    eps = p.runtime.get("execution_providers", [])
-    if not isinstance(eps, list) or not all(isinstance(e, str) and e.endswith("ExecutionProvider") for e in eps):
-        raise ConfigError(f"{where}: runtime.execution_providers must list ONNX Runtime provider names such "
-                          f"as 'XnnpackExecutionProvider', got {eps!r}")
+    get_backend(p.backend).parse_options(p.runtime, f"{where}: runtime")   # names each wrong key or value
 
 
 def targets_dir() -> Path:
@@ -140,20 +117,7 @@ def all_targets() -> list[TargetProfile]:
 
 def runs_here(profile: TargetProfile) -> str:
     """Whether this machine can build and run the profile's backend, and on what."""
-    from edge_electra.backends import get_backend
-    ok, why = get_backend(profile.backend).available()
-    if not ok:
-        return f"no: {why.split(' (')[0]}"
-    if profile.backend == "onnx-mobile" and profile.execution_providers:
-        import onnxruntime as ort
-        present = [e for e in profile.execution_providers if e in ort.get_available_providers()]
-        return "yes (" + (", ".join(e.removesuffix("ExecutionProvider") for e in present) or "CPU fallback") + ")"
-    if profile.backend == "openvino":
-        import openvino as ov
-        device = profile.runtime.get("device", "CPU")
-        devices = ov.Core().available_devices
-        return "yes" if device.split(":")[0] in devices or device == "AUTO" else f"CPU only (no {device} here)"
-    return "yes"
+    return get_backend(profile.backend).runs_here(profile.options)
 
 
 def table(profiles: list[TargetProfile], check: bool = False) -> str:
@@ -162,10 +126,9 @@ def table(profiles: list[TargetProfile], check: bool = False) -> str:
         header.append("runs here")
     rows = []
     for p in profiles:
-        runtime = p.runtime.get("device") or ", ".join(
-            e.removesuffix("ExecutionProvider") for e in p.execution_providers) or "CUDA GPU"
         row = [p.name, p.backend, ",".join(p.precisions), f"{p.batch.min}-{p.batch.max}",
-               ",".join(map(str, p.buckets)), "fixed" if p.fixed_shapes else "dynamic", runtime]
+               ",".join(map(str, p.buckets)), "fixed" if p.fixed_shapes else "dynamic",
+               get_backend(p.backend).runs_on(p.options)]
         if check:
             row.append(runs_here(p))
         rows.append(row)

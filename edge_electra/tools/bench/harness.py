@@ -221,7 +221,9 @@ def describe(subject: Subject, cfg: BenchConfig, dataset) -> dict:
     m = subject.predictor.bundle.manifest
     info = {"name": subject.name, "path": str(subject.path), "backend": m.backend, "precision": m.precision,
             "task": m.task, "target": m.target, "size_bytes": subject.predictor.bundle.size_bytes(),
-            "max_length": subject.predictor.shapes.max_length, "buckets": subject.predictor.shapes.buckets}
+            "max_length": subject.predictor.shapes.max_length, "buckets": subject.predictor.shapes.buckets,
+            # Where the model actually ran: a device the bundle asks for may be missing here.
+            "device": getattr(subject.predictor.runner, "device", "")}
     if cfg.cold_start:
         info["cold_start"] = cold_start(subject.path, cfg.threads, max(cfg.batch_sizes))
     if dataset is not None:

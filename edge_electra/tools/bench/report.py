@@ -40,7 +40,8 @@ def table(result: dict) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append("")
     for b in result["bundles"]:
-        parts = [f"{b['name']}: {b['backend']} {b['precision']}", f"{b['size_bytes'] / 1e6:.2f} MB on disk"]
+        device = f" on {b['device']}" if b.get("device") else ""
+        parts = [f"{b['name']}: {b['backend']} {b['precision']}{device}", f"{b['size_bytes'] / 1e6:.2f} MB on disk"]
         cold = b.get("cold_start")
         if cold and "error" in cold:
             parts.append(f"cold start failed: {cold['error']}")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_electra.backends import backend_names, get_backend
 from edge_electra.runtime.bundle import library_versions
 
 # CPU features that decide which kernels a runtime can use.
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                      "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
-RUNTIME_LIBRARIES = ("onnxruntime", "openvino", "tensorrt", "click")
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
@@ -61,14 +61,32 @@ def gemm_gflops_at(threads: int | None) -> float:
     return float(done.stdout)
 
 
+def backend_info() -> dict:
+    """Per backend: whether it runs here and, where it does, the devices its library sees."""
+    info = {}
+    for name in backend_names():
+        backend = get_backend(name)
+        ok, why = backend.available()
+        if not ok:
+            info[name] = {"available": False, "why": why}
+            continue
+        try:
+            info[name] = {"available": True, "devices": backend.devices()}
+        except Exception as e:  # a library that imports but cannot list its devices must not stop the bench
+            info[name] = {"available": True, "devices": [], "why": f"{type(e).__name__}: {e}"}
+    return info
+
+
 def system_info(threads: int | None = None) -> dict:
+    libraries = [get_backend(name).library for name in backend_names()]
     return {
         "cpu": cpu_info(),
         "threads": threads,
         "os": platform.platform(),
         "machine": platform.machine(),
         "hostname": platform.node(),
-        "versions": library_versions(*RUNTIME_LIBRARIES),
+        "versions": library_versions("click", *filter(None, libraries)),
+        "backends": backend_info(),
         "gemm_gflops": round(gemm_gflops_at(threads), 2),
         "gemm_threads": threads or "all",
     }
