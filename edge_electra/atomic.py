@@ -1,6 +1,7 @@
 """Atomic writes: readers see the old file or folder, or the complete new one, never a partial one.
 
-Only writers clean up. Every temporary name carries its writer's pid (`.NAME.PID-RANDOM.tmp`), and a sweep
+Folders are swapped under an exclusive lock on their parent folder (`folder_lock`); readers that take it
+shared (Bundle.load, Predictor.load) see no swap while they read. Only writers clean up. Every temporary name carries its writer's pid (`.NAME.PID-RANDOM.tmp`), and a sweep
 removes only what dead processes left, matched by exact name, so it never touches a live writer's files or
 another path's. Readers never write: a bundle on a read-only disk loads with leftovers beside it.
 """
@@ -89,15 +90,25 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _writers_lock(folder: Path) -> Iterator[None]:
-    """Serialise the writers that swap entries of `folder`: an advisory lock on the folder itself, so no lock
-    file is left behind. Held only for the swap; readers never take it."""
-    fd = os.open(folder, os.O_RDONLY)
+def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[None]:
+    """An advisory lock on `folder` itself, so no lock file is left behind (a read-only disk can take it too).
+
+    Writers take it exclusively for the moment they swap an entry of the folder; readers take it shared while
+    they read one. A reader that cannot open the folder (no read permission, or no such folder) goes without.
+    """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        if not shared:
+            raise
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 @functools.cache
@@ -132,7 +143,7 @@ def _swap_in(new: Path, path: Path) -> None:
 
 
 def _recover(path: Path) -> None:
-    """Clean up after killed writers of `path` (call under the writers' lock): put back a folder that a swap
+    """Clean up after killed writers of `path` (call under folder_lock): put back a folder that a swap
     cut between its renames left aside, and remove staging folders. Dead writers' leftovers only."""
     pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)-\w+\.(?:tmp|old)")
     if not os.path.lexists(path):
@@ -146,12 +157,14 @@ def _recover(path: Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; on success it takes the place of `path`.
 
-    The new folder and the old one are exchanged in one step where the system can (Linux), so readers always
-    find a complete folder at `path`; the old one is then removed. Writers of the same folder take turns for
-    the swap, and clean up what killed writers left beside `path` first.
+    The swap holds `folder_lock` on the parent, and exchanges the two folders in one step where the system can
+    (Linux), so readers find a complete folder at `path`; the old one is then removed. Under the same lock,
+    writers clean up what killed writers left beside `path`, before they stage and before they swap.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(path.parent):
+        _recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -159,7 +172,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
-        with _writers_lock(path.parent):
+        with folder_lock(path.parent):
             _recover(path)
             _swap_in(tmp, path)
         _fsync_dir(path.parent)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_electra import dataclass_io
-from edge_electra.errors import BundleError, ConfigError
+from edge_electra.atomic import folder_lock
+from edge_electra.errors import BundleError, EdgeElectraError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -34,8 +35,6 @@ THREADS = (0, 256)
 BATCH = (1, 4096)
 SEQUENCE = (1, 8192)
 LABELS = (1, 1 << 16)
-# A bundle that a writer replaces while it is read is read again, this many times at most.
-READ_ATTEMPTS = 10
 
 
 @dataclass
@@ -182,61 +181,29 @@ def read_manifest(path: Path) -> dict:
     return raw
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """Which folder is at `path` now: writers swap in a new folder rather than edit the old one."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 @dataclass
 class Bundle:
     path: Path
     manifest: Manifest
-    # The folder that was read (see `replaced`); None for a Bundle made in memory.
-    identity: tuple[int, int] | None = None
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "Bundle":
-        """Read and check the bundle at `path`, without writing anything. A bundle that a writer replaced
-        while it was read is read again, so the result is one complete bundle, the old or the new one."""
+        """Read and check the bundle at `path`, writing nothing. The shared folder_lock keeps writers from
+        swapping in a new bundle meanwhile, so this reads one complete bundle, the old or the new one."""
         path = Path(path)
-        for attempt in range(READ_ATTEMPTS):
-            identity = _identity(path)
+        with folder_lock(path.parent, shared=True):
+            if not path.is_dir():
+                raise BundleError(f"bundle {path} not found (expected a folder with {MANIFEST})")
+            raw = read_manifest(path)
             try:
-                bundle = cls._read(path, identity, verify)
-            except BundleError:
-                if attempt + 1 < READ_ATTEMPTS and _identity(path) != identity:
-                    continue
-                raise
-            if not bundle.replaced():
-                return bundle
-        raise BundleError(f"{path} was replaced {READ_ATTEMPTS} times while it was read; load it once its "
-                          "writer is done")
-
-    @classmethod
-    def _read(cls, path: Path, identity: tuple[int, int] | None, verify: bool) -> "Bundle":
-        if identity is None or not path.is_dir():
-            raise BundleError(f"bundle {path} not found (expected a folder with {MANIFEST})")
-        raw = read_manifest(path)
-        try:
-            manifest = dataclass_io.from_dict(Manifest, raw, source=str(path / MANIFEST))
-        except ConfigError as e:
-            raise BundleError(f"{path / MANIFEST} is malformed: {e}") from e
-        try:
-            check_values(manifest)
-        except BundleError as e:
-            raise BundleError(f"{path / MANIFEST} is malformed: {e}; rebuild the bundle") from None
-        bundle = cls(path, manifest, identity)
-        if verify:
-            bundle.verify()
+                manifest = dataclass_io.from_dict(Manifest, raw, source=str(path / MANIFEST))
+                check_values(manifest)
+            except EdgeElectraError as e:
+                raise BundleError(f"{path / MANIFEST} is malformed: {e}") from e
+            bundle = cls(path, manifest)
+            if verify:
+                bundle.verify()
         return bundle
-
-    def replaced(self) -> bool:
-        """Whether the folder at `path` is no longer the one this Bundle was read from."""
-        return _identity(self.path) != self.identity
 
     def verify(self) -> None:
         """Every file is listed, present and intact; nothing unlisted lies in the folder (a runtime could

@@ -20,9 +20,10 @@ from typing import Sequence
 import numpy as np
 
 from edge_electra.backends import backend_library
+from edge_electra.atomic import folder_lock
 from edge_electra.data import oos_label, split_words
 from edge_electra.errors import BundleError, ConfigError, DataError, EdgeElectraError
-from edge_electra.runtime.bundle import MANIFEST, READ_ATTEMPTS, THREADS, Bundle, check_count
+from edge_electra.runtime.bundle import MANIFEST, THREADS, Bundle, check_count
 from edge_electra.runtime.tokenizer import word_starts
 
 CLASSIFIER_TASKS = ("sequence", "token", "joint")
@@ -134,18 +135,15 @@ class Predictor:
              **runtime_options) -> "Predictor":
         """Open a bundle on its backend. `threads` caps the runtime's intra-op threads.
 
-        A bundle that a writer replaces while it is opened is opened again (see Bundle.load)."""
+        Opened from a path, the bundle's folder_lock is held shared throughout, so the backend reads the model
+        files of the bundle that was verified, not of one a writer swapped in meanwhile (see Bundle.load)."""
         if threads is not None:
             check_count(threads, THREADS, "threads", ConfigError)
             runtime_options["threads"] = threads
         if isinstance(bundle, Bundle):
             return cls._open(bundle, oos_threshold, runtime_options)
-        for _ in range(READ_ATTEMPTS):
-            predictor = cls._open(Bundle.load(bundle), oos_threshold, runtime_options)
-            if not predictor.bundle.replaced():
-                return predictor
-        raise BundleError(f"{bundle} was replaced {READ_ATTEMPTS} times while it was opened; open it once its "
-                          "writer is done")
+        with folder_lock(Path(bundle).parent, shared=True):
+            return cls._open(Bundle.load(bundle), oos_threshold, runtime_options)
 
     @classmethod
     def _open(cls, bundle: Bundle, oos_threshold: float | None, runtime_options: dict) -> "Predictor":
