@@ -1,11 +1,18 @@
-"""The `edge-electra` command. Subcommands are imported only when run, so `--help` needs no torch."""
+"""The `edge-electra` command. Subcommands are imported only when run, so `--help` needs no torch.
+
+It decides what a person sees: library modules log to the `edge_electra` logger, which the group sends to
+stderr as bare messages (INFO; -q: WARNING; -v: DEBUG), and every failure leaves with a documented exit code.
+"""
 from __future__ import annotations
 
 import importlib
+import logging
 
 import click
 
-from edge_electra.errors import EdgeElectraError
+from edge_electra.errors import EdgeElectraError, GateRefused
+
+log = logging.getLogger(__name__)
 
 # name → (module:attribute of its click command, one-line help)
 COMMANDS = {
@@ -20,6 +27,46 @@ COMMANDS = {
     "bench": ("edge_electra.tools.bench.cli:command", "Measure latency, throughput, memory and accuracy of bundles."),
     "demo": ("edge_electra.tools.demo:command", "Run the whole pipeline on the built-in dataset."),
 }
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_UNEXPECTED: "an unexpected error (-v shows its traceback)",
+    EXIT_BAD_INPUT: "bad usage or input: an option, file, config, dataset or bundle",
+    EXIT_GATE_REFUSED: "the accuracy gate refused the model",
+}
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+VERBOSITY = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+
+
+class Failure(click.ClickException):
+    """An error shown as one `Error: ...` line, leaving with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class EchoHandler(logging.Handler):
+    """Bare messages on stderr, looked up at each record (click's test runner swaps the stream)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def install_logging(level: int) -> EchoHandler:
+    """The one stderr handler on the `edge_electra` logger, at `level` (replacing one installed before)."""
+    package = logging.getLogger("edge_electra")
+    for handler in [h for h in package.handlers if isinstance(h, EchoHandler)]:
+        package.removeHandler(handler)
+    handler = EchoHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package.addHandler(handler)
+    package.setLevel(level)
+    return handler
 
 
 class LazyGroup(click.Group):
@@ -39,14 +86,35 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except GateRefused as e:
+            raise Failure(str(e), EXIT_GATE_REFUSED) from e
         except EdgeElectraError as e:
-            raise click.ClickException(str(e)) from e
+            raise Failure(str(e), EXIT_BAD_INPUT) from e
+        except Exception as e:
+            log.debug("the traceback of the unexpected error:", exc_info=True)
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            raise Failure(f"unexpected {type(e).__name__}: {first_line}\n(rerun with -v for the traceback)",
+                          EXIT_UNEXPECTED) from e
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edge-electra")
-def main():
+@click.option("-v", "--verbose", "verbosity", flag_value="verbose", help="Show debug messages, and the traceback "
+              "of an unexpected error.")
+@click.option("-q", "--quiet", "verbosity", flag_value="quiet", help="Show only warnings and errors.")
+@click.pass_context
+def main(ctx, verbosity):
     """Train, quantize, compile and run small ELECTRA NLU models on edge devices."""
+    package = logging.getLogger("edge_electra")
+    level = package.level
+    handler = install_logging(VERBOSITY[verbosity or "normal"])
+
+    def restore():   # the command ran in this process (tests, the fork server): leave the logger as it was
+        package.removeHandler(handler)
+        package.setLevel(level)
+    ctx.call_on_close(restore)
 
 
 @click.command()

@@ -4,7 +4,7 @@ Each command runs as its own process, `edge_electra.cli.main(argv)` as `python -
 forked from a server that has already imported torch (3 s of a 7 s compile here, and 24 kills' worth of it
 would not fit the time this file may take). So the kill delays, fractions of one measured full run, land in
 the command's own work rather than in `import torch`. One more kill per scenario is timed to the output's
-staging moment: compile's "[5/5] writing" line, and quantize's temporary file appearing beside --out.
+staging moment: its temporary folder (compile) or file (quantize) appearing beside --out.
 
 Each moment is tried twice: with nothing at --out (afterwards --out is absent or a complete output, never a
 partial one) and with a previous good output there (afterwards it still loads and verifies, byte for byte
@@ -12,7 +12,9 @@ the old one, unless the kill came after the new one was in place, which is then 
 beside --out, and compile's work folder in $TMPDIR, are allowed only until the next run, which must succeed
 and sweep them (atomic.recover for bundle folders, atomic.sweep_files for single files, atomic.sweep_dead
 for compile's work folders). Every kill survived is counted in KILLS; the last
-test checks and prints the counts.
+test checks and prints the counts. README.md's reliability table quotes GUARANTEED_KILLS and STAGING_KILLS
+(tests/test_docs.py checks that): the staging moment lasts milliseconds, and polling on a loaded machine
+can miss it, so only the timed kills are guaranteed.
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ from conftest import LABELS, TEXTS, tiny_model, write_dataset  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 SCENARIOS = ("no previous output", "previous output")
+COMMANDS = ("compile", "quantize")
+GUARANTEED_KILLS = len(COMMANDS) * len(SCENARIOS) * len(FRACTIONS)
+STAGING_KILLS = len(COMMANDS) * len(SCENARIOS)   # tried, one per command and scenario, but can be missed
 KILLS: collections.Counter = collections.Counter()
 MISSED: collections.Counter = collections.Counter()
 PHASES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -225,8 +230,7 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
     check_bundle(tmp_path / "measured")
     old = compile_bundle(inputs["checkpoint"], "x86-avx2-cpu", tmp_path / "old", precision="fp32",
                          calibration=inputs["calibration"], threads=1)
-    old_manifest = check_bundle(old)
-    writing = lambda t, log: "[5/5] writing" in log.read_text()
+    check_bundle(old)
     for scenario in SCENARIOS:
         out = tmp_path / "out" / "bundle"
 
@@ -234,7 +238,8 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
             shutil.rmtree(out.parent, ignore_errors=True)
             if scenario == "previous output":
                 shutil.copytree(old, out)
-        for name, when in kill_moments(duration, writing):
+        staging = lambda t, log: bool(leftovers(out))
+        for name, when in kill_moments(duration, staging):
             killed, log = kill_at(server, compile_argv(inputs, out), when, reset)
             if not killed:
                 MISSED[f"compile, {scenario}"] += 1
@@ -242,13 +247,10 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
             PHASES["compile"][compile_phase(log)] += 1
             assert all(p.endswith(".tmp") or ".old-" in p for p in leftovers(out)), leftovers(out)   # staging only
             assert len(workdirs()) <= 1   # the killed run's work folder in $TMPDIR
-            if scenario == "no previous output":
-                if out.exists():   # only ever a complete bundle
-                    assert "[5/5] writing" in log
-                    check_bundle(out)
-            else:
-                manifest = check_bundle(out)   # Bundle.load first restores a swap cut between its renames
-                assert manifest == old_manifest or "[5/5] writing" in log, f"killed at {name}: a mixed bundle"
+            # Only ever a complete bundle, the old or the new one (check_bundle verifies every file's checksum,
+            # so a mix of the two fails), and never none where there was one.
+            if scenario == "previous output" or out.exists():
+                check_bundle(out)
             # The next run succeeds and sweeps what the killed one left beside --out.
             compile_bundle(inputs["checkpoint"], "x86-avx2-cpu", out, precision="fp32",
                            calibration=inputs["calibration"], threads=1)
@@ -317,7 +319,8 @@ def test_kill_counts_add_up():
     """Runs last in this file: every moment of every scenario got its kill, and each was survived."""
     # The staging moment (a temporary file that lives for milliseconds) can be missed by polling on a loaded
     # machine; every timed moment must have been hit.
-    for case in (f"{c}, {s}" for c in ("compile", "quantize") for s in SCENARIOS):
+    for case in (f"{c}, {s}" for c in COMMANDS for s in SCENARIOS):
         assert KILLS[case] + MISSED[case] == len(FRACTIONS) + 1 and KILLS[case] >= len(FRACTIONS), (KILLS, MISSED)
+    assert GUARANTEED_KILLS <= sum(KILLS.values()) <= GUARANTEED_KILLS + STAGING_KILLS
     print(f"\nRELIABILITY kills: {sum(KILLS.values())} kills survived {dict(KILLS)}; missed {dict(MISSED)}; "
           f"phases {dict((k, dict(v)) for k, v in PHASES.items())}")

@@ -5,6 +5,7 @@ against torch eager → a table, bundles and a PNG report in the output folder.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import click
 
+from edge_electra.cli_options import config_from_flags, dataclass_options, option_field
 from edge_electra.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # What the built-in tiny student reaches on the built-in test split when trained from scratch here.
 EXPECTED_FROM_SCRATCH = "85-94% intent accuracy on its test split"
@@ -20,10 +24,12 @@ EXPECTED_FROM_SCRATCH = "85-94% intent accuracy on its test split"
 
 @dataclass
 class DemoConfig:
-    out: str = "build"
-    init: str | None = None          # a pretrained ELECTRA checkpoint folder to start from
-    epochs: int = 40
-    threads: int = 2
+    out: str = option_field("build", help="Where the data, checkpoints, bundles and report go.",
+                            click={"type": click.Path(file_okay=False)})
+    init: str | None = option_field(None, help="A pretrained ELECTRA checkpoint folder to start from.",
+                                    click={"type": click.Path()})
+    epochs: int = option_field(40, help="Epochs for a from-scratch student.")
+    threads: int = option_field(2, help="CPU threads for training and timing.")
     targets: list[str] = field(default_factory=lambda: ["x86-avx2-cpu", "x86-vnni-cpu"])
     bench_runs: int = 60
 
@@ -45,10 +51,18 @@ class Steps:
     def __call__(self, message: str) -> None:
         self.number += 1
         elapsed = time.perf_counter() - self.started
-        click.secho(f"\n=== demo step {self.number} of {self.total}: {message}  (t+{elapsed:.0f}s)", bold=True, err=True)
+        log.info("\n=== demo step %d of %d: %s  (t+%.0fs)", self.number, self.total, message, elapsed)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+@dataclass
+class DemoOutcome:
+    bench: dict                  # the bench result of every bundle against torch eager
+    checkpoint: Path
+    bundles: list[Path]
+    report: dict[str, Path | None]   # the files report.write_all wrote
+
+
+def run_demo(cfg: DemoConfig) -> DemoOutcome:
     from edge_electra.tools import builtin_data
     from edge_electra.tools.bench import report
     from edge_electra.tools.bench.harness import BenchConfig, run_bench
@@ -62,9 +76,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = out / "data"
     builtin_data.write(data)
     splits = builtin_data.splits()
-    click.echo(f"      {data}: {len(splits['train'])} train / {len(splits['validation'])} validation / "
-               f"{len(splits['test'])} test utterances, {len(splits['train'].labels)} intents incl. out-of-scope, "
-               f"{len(splits['train'].slot_labels)} slot tags", err=True)
+    log.info(f"      {data}: {len(splits['train'])} train / {len(splits['validation'])} validation / "
+             f"{len(splits['test'])} test utterances, {len(splits['train'].labels)} intents incl. out-of-scope, "
+             f"{len(splits['train'].slot_labels)} slot tags")
 
     init = pretrained_electra(cfg.init)
     if init:
@@ -82,7 +96,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     step("quantizing and compiling, every candidate behind the accuracy gate")
     bundles = []
     for target in [*cfg.targets, "torch-reference"]:
-        click.echo(f"      target {target}", err=True)
+        log.info(f"      target {target}")
         bundles.append(compile_bundle(checkpoint, target, out / "bundles" / target, precision="auto",
                                       calibration=data / "train.jsonl", eval_data=data / "validation.jsonl",
                                       threads=cfg.threads))
@@ -90,16 +104,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     step("benchmarking the bundles against torch eager on the test utterances")
     bench_cfg = BenchConfig(batch_sizes=[1], seq_lens=[16], runs=cfg.bench_runs, warmup=5, threads=cfg.threads,
                             data=str(data / "test.jsonl"))
-    result = run_bench(bundles, bench_cfg, system_info(cfg.threads))
+    result = run_bench(bundles, bench_cfg, system_info(cfg.threads), log.info)
 
     step("report")
-    click.echo(report.table(result))
-    written = report.write_all(result, out / "report")
-    click.echo(summary(result, checkpoint, bundles, written))
-    return result
+    return DemoOutcome(result, checkpoint, bundles, report.write_all(result, out / "report"))
 
 
-def summary(result: dict, checkpoint: Path, bundles: list[Path], written: dict) -> str:
+def summary(outcome: DemoOutcome) -> str:
+    result, checkpoint, bundles, written = outcome.bench, outcome.checkpoint, outcome.bundles, outcome.report
     by_name = {b["name"]: b for b in result["bundles"]}
     replay = {r["bundle"]: r for r in result["results"] if r["source"] == "data" and r["mode"] == "end_to_end"}
     baseline = replay.get("torch-reference", {}).get("p50_ms")
@@ -118,11 +130,10 @@ def summary(result: dict, checkpoint: Path, bundles: list[Path], written: dict) 
 
 
 @click.command()
-@click.option("--out", default="build", show_default=True, type=click.Path(file_okay=False),
-              help="Where the data, checkpoints, bundles and report go.")
-@click.option("--init", default=None, type=click.Path(), help="A pretrained ELECTRA checkpoint folder to start from.")
-@click.option("--epochs", default=DemoConfig.epochs, show_default=True, help="Epochs for a from-scratch student.")
-@click.option("--threads", default=DemoConfig.threads, show_default=True, help="CPU threads for training and timing.")
-def command(out, init, epochs, threads):
+@dataclass_options(DemoConfig, only=("out", "init", "epochs", "threads"))
+def command(**flags):
     """Run the whole pipeline on the built-in dataset: train, quantize, compile, benchmark."""
-    run_demo(DemoConfig(out=out, init=init, epochs=epochs, threads=threads))
+    from edge_electra.tools.bench import report
+    outcome = run_demo(config_from_flags(DemoConfig, flags))
+    click.echo(report.table(outcome.bench))
+    click.echo(summary(outcome))

@@ -18,21 +18,24 @@ def targets_markdown() -> str:
     rows = ["| target | device class | backend | precisions | batch | seq buckets | shapes | verified where |",
             "|---|---|---|---|---|---|---|---|"]
     for p in all_targets():
-        rows.append(f"| `{p.name}` | {p.description.split(':')[0]} | {p.backend} | {', '.join(p.precisions)} | {p.batch.min}–{p.batch.max} | "
+        rows.append(f"| `{p.name}` | {p.description.split(':')[0]} | {p.backend} | {', '.join(p.precisions)} | "
+                    f"{p.batch.min}–{p.batch.max} | "
                     f"{', '.join(map(str, p.buckets))} | {'fixed' if p.fixed_shapes else 'dynamic'} | "
                     f"{'; '.join(p.verified)} |")
     return "\n".join(rows)
 
 
 def cli_markdown() -> str:
-    from edge_electra.cli import COMMANDS, main
+    from edge_electra.cli import COMMANDS, EXIT_CODES, main
+    parts = ["| exit code | meaning |", "|---|---|"]
+    parts += [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items()] + [""]
     # A fixed width, so the text does not depend on the terminal that ran `make docs`.
     ctx = click.Context(main, info_name="edge-electra", terminal_width=100, max_content_width=100,
                         **main.context_settings)
-    parts = ["```text", main.get_help(ctx), "```"]
+    parts += ["```text", main.get_help(ctx), "```"]
     for name in COMMANDS:
         command = main.get_command(ctx, name)
-        sub = click.Context(command, info_name=f"edge-electra {name}", parent=ctx)
+        sub = click.Context(command, info_name=name, parent=ctx)   # its usage line reads "edge-electra NAME"
         parts += ["", f"#### `edge-electra {name}`", "", "```text", command.get_help(sub), "```"]
     return "\n".join(parts)
 

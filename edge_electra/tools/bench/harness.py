@@ -11,13 +11,14 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import click
 import numpy as np
 
+from edge_electra.cli_options import option_field
 from edge_electra.data import load as load_data
 from edge_electra.dataclass_io import to_dict
 from edge_electra.errors import ConfigError
@@ -29,15 +30,18 @@ FALLBACK_WORDS = ("please set an alarm for seven tomorrow morning and remind me 
 
 @dataclass
 class BenchConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    seq_lens: list[int] = field(default_factory=lambda: [16, 32, 128])
-    runs: int = 100
-    # When set, each case runs for this many seconds (all bundles together) instead of `runs` iterations.
-    seconds: float | None = None
-    warmup: int = 5
-    threads: int | None = None
-    data: str | None = None
-    cold_start: bool = True
+    # The command line's `bench` options are made from these fields (edge_electra.cli_options).
+    batch_sizes: list[int] = option_field(default_factory=lambda: [1, 8], help="Batch sizes to sweep.")
+    seq_lens: list[int] = option_field(default_factory=lambda: [16, 32, 128],
+                                       help="Token lengths (with [CLS] and [SEP]) of the synthetic utterances.")
+    runs: int = option_field(100, help="Timed runs per case and bundle.")
+    seconds: float | None = option_field(None, help="Time each case for this long (all bundles together) instead "
+                                                    "of --runs.")
+    warmup: int = option_field(5, help="Untimed runs per case and bundle first.")
+    threads: int | None = option_field(None, help="Runtime threads (default: the bundle's or runtime's).")
+    data: str | None = option_field(None, help="Labelled utterances (.jsonl/.csv/...): replayed at their real "
+                                               "lengths, and used to measure accuracy.", click={"type": click.Path()})
+    cold_start: bool = option_field(True, help="Measure cold start and peak memory in a fresh subprocess.")
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seq_lens or min(self.seq_lens) < 3:
