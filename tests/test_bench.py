@@ -24,7 +24,7 @@ from conftest import LABELS, TEXTS, without_torch_env, write_dataset
 def test_interleaved_rotates_round_robin_and_counts_runs():
     order = []
     calls = {name: [lambda n=name: order.append(n)] for name in "abc"}
-    samples = harness.interleaved(calls, harness.BenchConfig(runs=4, warmup=1))
+    samples = harness.interleaved(calls, runs=4, warmup=1)
     assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4, "c": 4}
     timed = order[3:]  # after one warm-up call each
     assert timed == list("abc" "bca" "cab" "abc")
@@ -32,7 +32,7 @@ def test_interleaved_rotates_round_robin_and_counts_runs():
 
 def test_time_budget_stops_the_loop():
     calls = {"a": [lambda: None]}
-    samples = harness.interleaved(calls, harness.BenchConfig(runs=10**9, seconds=0.05, warmup=0))
+    samples = harness.interleaved(calls, runs=10**9, seconds=0.05)
     assert 3 <= len(samples["a"]) < 10**9
 
 
@@ -159,3 +159,37 @@ def test_table_lists_every_result():
     lines = report.table(result).splitlines()
     assert sum(line.startswith("a ") for line in lines) == 2
     assert any("2.00 MB" in line for line in lines)
+
+
+def test_bench_scores_slots_as_bio_spans(tiny_bundle, tmp_path):
+    """Joint bundles report span F1 as seqeval counts it, not only the fraction of words tagged right."""
+    from edge_electra.data import Dataset, Example
+    from edge_electra.metrics import slot_f1
+    predictor = Predictor.load(tiny_bundle("joint"))
+    texts = TEXTS[:6]
+    predicted = [[t for _, t in p.slots] for p in predictor.predict_batch(texts)]
+    # Gold: the model's own tags with the first word's tag changed, so some spans are lost, some kept.
+    gold = [["B-city" if i == 0 and tag != "B-city" else ("O" if i == 0 else tag) for i, tag in enumerate(tags)]
+            for tags in predicted]
+    dataset = Dataset([Example(t, LABELS[0], g) for t, g in zip(texts, gold)], LABELS)
+    scores = harness.accuracy(predictor, dataset)
+    assert scores["slot_f1"] == pytest.approx(slot_f1(gold, predicted)) and 0 < scores["slot_f1"] < 1
+    words = [(a, b) for g, p in zip(gold, predicted) for a, b in zip(g, p)]
+    assert scores["slot_word_accuracy"] == pytest.approx(sum(a == b for a, b in words) / len(words))
+
+
+def test_bench_scores_slots_as_bio_spans(tiny_bundle):
+    """Joint bundles report span F1 as seqeval counts it, not only the fraction of words tagged right."""
+    from edge_electra.data import Dataset, Example
+    from edge_electra.metrics import slot_f1
+    predictor = Predictor.load(tiny_bundle("joint"))
+    texts = TEXTS[:6]
+    predicted = [[t for _, t in p.slots] for p in predictor.predict_batch(texts)]
+    # Gold: the model's own tags with the first word's tag changed, so some spans are lost and some kept.
+    gold = [[("O" if tag == "B-city" else "B-city") if i == 0 else tag for i, tag in enumerate(tags)]
+            for tags in predicted]
+    dataset = Dataset([Example(t, LABELS[0], g) for t, g in zip(texts, gold)], LABELS)
+    scores = harness.accuracy(predictor, dataset)
+    assert scores["slot_f1"] == pytest.approx(slot_f1(gold, predicted)) and 0 < scores["slot_f1"] < 1
+    words = [(a, b) for g, p in zip(gold, predicted) for a, b in zip(g, p)]
+    assert scores["slot_word_accuracy"] == pytest.approx(sum(a == b for a, b in words) / len(words))

@@ -10,8 +10,9 @@ from edge_electra.backends import get_backend  # noqa: E402
 from edge_electra.build.package import write_bundle  # noqa: E402
 from edge_electra.runtime.bundle import Bundle, Manifest, sha256  # noqa: E402
 from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
-from edge_electra.build.compile import Candidate, _choose, compile_bundle, time_interleaved  # noqa: E402
-from edge_electra.errors import ConfigError  # noqa: E402
+from edge_electra.build.candidates import Candidate, choose, time_interleaved  # noqa: E402
+from edge_electra.build.compile import compile_bundle  # noqa: E402
+from edge_electra.errors import ConfigError, GateRefused  # noqa: E402
 from edge_electra.build.targets import load_target  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
@@ -188,20 +189,21 @@ def test_cli_reports_errors_in_one_line(checkpoint, tmp_path):
 
 
 def candidate(precision, latency, drop, budget=0.5):
-    return Candidate(precision, latency, {"drop": drop, "budget": budget}, 1, drop <= budget)
+    failures = [f"accuracy drops {drop} points"] if drop > budget else []
+    return Candidate(precision, latency, {"drop": drop, "top1_agreement": 1.0, "failures": failures}, 1, not failures)
 
 
-def test_choice_fastest_passing_else_error_or_accepted():
+def test_choice_fastest_passing_else_refused_or_accepted():
     profile = load_target("x86-avx2-cpu")
     cands = [candidate("fp32", 2.0, 0.0), candidate("int8-dynamic", 1.0, 0.3), candidate("int8-static", 0.5, 2.0)]
-    assert _choose(cands, "auto", False, profile).precision == "int8-dynamic"
+    assert choose(cands, "auto", False, profile).precision == "int8-dynamic"
     failing = [candidate("int8-dynamic", 1.0, 0.9), candidate("int8-static", 0.5, 2.0)]
-    with pytest.raises(ConfigError, match="--accept-accuracy-drop"):
-        _choose(failing, "auto", False, profile)
-    assert _choose(failing, "auto", True, profile).precision == "int8-dynamic"
+    with pytest.raises(GateRefused, match="int8-static: accuracy drops 2.0 points.*--accept-accuracy-drop"):
+        choose(failing, "auto", False, profile)
+    assert choose(failing, "auto", True, profile).precision == "int8-dynamic"
     broken = [Candidate("fp32", error="RuntimeError: boom")]
     with pytest.raises(ConfigError, match="no precision could be built.*boom"):
-        _choose(broken, "auto", False, profile)
+        choose(broken, "auto", False, profile)
 
 
 def test_candidates_are_timed_interleaved_with_a_rotating_order():
@@ -216,7 +218,7 @@ def test_candidates_are_timed_interleaved_with_a_rotating_order():
             calls.append((feed["i"], self.name))
 
     runners = {name: Fake(name) for name in ("int8-dynamic", "fp32", "int8-static")}
-    latencies = time_interleaved(runners, [{"i": 0}, {"i": 1}], rounds=2)
+    latencies = time_interleaved(runners, [{"i": 0}, {"i": 1}], rounds=2, warmup=0)
     assert set(latencies) == set(runners) and all(ms >= 0 for ms in latencies.values())
     assert len(calls) == 2 * 2 * 3
     firsts = [calls[k][1] for k in range(0, len(calls), 3)]
@@ -255,3 +257,77 @@ def test_mobile_targets_build_every_bucket_and_predict(checkpoint_128, tmp_path,
     expected = np.concatenate([torch.softmax(torch.from_numpy(torch_outputs(checkpoint_128["model"], f)), -1).numpy()
                                for f in feeds])
     np.testing.assert_allclose(got, expected, atol=TOLERANCE[m.precision])
+
+
+def test_auto_records_a_candidate_that_fails_to_build_and_goes_on(checkpoint, tmp_path, monkeypatch):
+    # Defect 8: a backend's ConfigError from one precision (TensorRT reports every build failure that way)
+    # used to abort compile; it is that candidate's reason now, and the others are built and gated.
+    backend_cls = type(get_backend("onnx-mobile"))
+    original = backend_cls.compile
+
+    def int8_static_fails(self, request, workdir):
+        if request.precision == "int8-static":
+            raise ConfigError("no INT8 kernels on this device")
+        return original(self, request, workdir)
+
+    monkeypatch.setattr(backend_cls, "compile", int8_static_fails)
+    path = compile_bundle(checkpoint["folder"], "x86-avx2-cpu", tmp_path / "bundle",
+                          calibration=checkpoint["calibration"], eval_data=checkpoint["eval"], threads=1)
+    m = Bundle.load(path).manifest
+    errors = {c["precision"]: c["error"] for c in m.candidates}
+    assert errors.pop("int8-static") == "ConfigError: no INT8 kernels on this device"
+    assert set(errors) == set(load_target("x86-avx2-cpu").precisions) - {"int8-static"}
+    assert not any(errors.values()) and m.precision != "int8-static"
+
+
+def test_a_quantized_model_from_quantize_compiles_into_a_bundle(checkpoint, tmp_path):
+    # The arrow quantize → compile: a Q/DQ model made outside compile ships as it is, gated against FP32.
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from edge_electra.build.calibration import calibration_feeds
+    from edge_electra.build.export import ExportConfig, export_onnx
+    from edge_electra.build.quantize import StaticQuantConfig, quantize
+    from edge_electra.cli import main
+    fp32 = export_onnx(checkpoint["model"], tmp_path / "fp32.onnx", ExportConfig(optimize=False)).path
+    feeds = calibration_feeds(TEXTS * 2, checkpoint["tokenizer"], 6)
+    given = quantize(fp32, tmp_path / "q.onnx", StaticQuantConfig(symmetric_activations=False), feeds)
+    result = CliRunner().invoke(main, ["compile", str(checkpoint["folder"]), "--target", "x86-avx2-cpu",
+                                       "--model", str(given), "--eval", str(checkpoint["eval"]), "--threads", "1",
+                                       "--accept-accuracy-drop", "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.load(tmp_path / "bundle")
+    m = bundle.manifest
+    assert m.precision == "int8-static" and [c["precision"] for c in m.candidates] == ["int8-static"]
+    assert m.source["model"] == {"path": str(given), "sha256": sha256(given), "precision": "int8-static"}
+    assert m.accuracy["accuracy_fp32"] is not None and 0 <= m.accuracy["top1_agreement"] <= 1
+    # The bundle runs the given model, not one compile quantized itself.
+    runner = get_backend("onnx-mobile").load(bundle)
+    probe = checkpoint["tokenizer"](PROBES).arrays()
+    expected = ort.InferenceSession(str(given), providers=["CPUExecutionProvider"]).run(None, probe)[0]
+    np.testing.assert_allclose(runner.run(probe)["logits"], expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="holds a int8-static model, not fp32"):
+        compile_bundle(checkpoint["folder"], "x86-avx2-cpu", tmp_path / "b", precision="fp32", model_onnx=given)
+    with pytest.raises(ConfigError, match="allows"):
+        compile_bundle(checkpoint["folder"], "ios-arm64", tmp_path / "b", model_onnx=given)
+
+
+def test_the_gate_runs_batches_the_target_can_take(checkpoint, tmp_path, monkeypatch):
+    # A profile whose runtime takes at most 4 items (jetson-orin takes 8): the gate's batches must fit.
+    import dataclasses
+
+    from edge_electra.build.targets import Range
+    profile = dataclasses.replace(load_target("x86-avx2-cpu"), batch=Range(1, 1, 4))
+    backend_cls = type(get_backend("onnx-mobile"))
+    original, batches = backend_cls.load, []
+
+    def recording(self, bundle, **options):
+        runner = original(self, bundle, **options)
+        run = runner.run
+        runner.run = lambda feeds: batches.append(len(feeds["input_ids"])) or run(feeds)
+        return runner
+
+    monkeypatch.setattr(backend_cls, "load", recording)
+    compile_bundle(checkpoint["folder"], profile, tmp_path / "b", precision="fp32",
+                   calibration=checkpoint["calibration"], eval_data=checkpoint["eval"], threads=1)
+    assert batches and max(batches) == 4

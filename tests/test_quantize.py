@@ -14,11 +14,12 @@ from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
 from edge_electra.cli import main  # noqa: E402
 from edge_electra.train.config import preset  # noqa: E402
 from edge_electra.data import Dataset, Example  # noqa: E402
-from edge_electra.errors import ConfigError, DataError, EdgeElectraError  # noqa: E402
+from edge_electra.errors import ConfigError, DataError, EdgeElectraError, GateRefused  # noqa: E402
 from edge_electra.build.export import ExportConfig, export_onnx  # noqa: E402
 from edge_electra.train.model import Electra  # noqa: E402
-from edge_electra.build.quantize import (StaticQuantConfig, check, evaluate_gate, quantize_dynamic,  # noqa: E402
-                                   quantize_static)
+from edge_electra.build.gate import Budget, GateData, GateReport, check, evaluate  # noqa: E402
+from edge_electra.build.quantize import (DynamicQuantConfig, StaticQuantConfig, quantize,  # noqa: E402
+                                         quantize_dynamic, quantize_static)
 from edge_electra.build.quantize.qat import QATConfig, qat  # noqa: E402
 from edge_electra.build.quantize.sensitivity import sensitivity_search  # noqa: E402
 from edge_electra.runtime.tokenizer import Tokenizer  # noqa: E402
@@ -88,7 +89,7 @@ def test_static_qdq_is_symmetric_per_channel_and_keeps_sensitive_ops_float(setup
     for node in graph.node:
         if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
             assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
-    report = evaluate_gate(setup["fp32"], out, setup["texts"], setup["tokenizer"], budget=5.0)
+    report = evaluate(setup["fp32"], out, setup["texts"], setup["tokenizer"], Budget(5.0))
     assert report.top1_agreement > 0.6 and report.batch1_vs_padded_agreement > 0.98
 
 
@@ -96,16 +97,16 @@ def test_static_qdq_is_symmetric_per_channel_and_keeps_sensitive_ops_float(setup
 def test_histogram_calibration_methods_run_in_onnxruntime(setup, method):
     out = quantize_static(setup["fp32"], setup["folder"] / f"{method}.onnx", setup["feeds"],
                           StaticQuantConfig(method=method))
-    report = evaluate_gate(setup["fp32"], out, setup["texts"], setup["tokenizer"], budget=100.0)
+    report = evaluate(setup["fp32"], out, setup["texts"], setup["tokenizer"], Budget(100.0, min_agreement=0.0))
     assert report.passed and report.top1_agreement > 0.6
 
 
 def test_dynamic_quantization_of_the_fused_graph(setup):
     fused = export_onnx(setup["model"], setup["folder"] / "fused.onnx").path
-    out = quantize_dynamic(fused, setup["folder"] / "dynamic.onnx")
+    out = quantize(fused, setup["folder"] / "dynamic.onnx", DynamicQuantConfig())
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ops & {"QAttention", "MatMulInteger", "DynamicQuantizeLinear"}
-    report = evaluate_gate(fused, out, setup["texts"], setup["tokenizer"], setup["data"].label_ids(), budget=100.0)
+    report = evaluate(fused, out, setup["data"], setup["tokenizer"], Budget(100.0, min_agreement=0.0))
     assert report.accuracy is not None and abs(report.accuracy_delta) < 10
 
 
@@ -119,13 +120,14 @@ def test_static_rejects_fused_graphs_and_missing_calibration(setup, tmp_path):
 
 
 def test_gate_passes_identical_models_and_names_worst_layers_on_failure(setup):
-    same = evaluate_gate(setup["fp32"], setup["fp32"], setup["texts"], setup["tokenizer"], setup["data"].label_ids())
+    same = evaluate(setup["fp32"], setup["fp32"], GateData(setup["texts"], setup["data"].label_ids()),
+                    setup["tokenizer"])
     assert same.passed and same.accuracy_delta == 0 and same.top1_agreement == 1 and same.max_abs_logit_delta == 0
     # A zero budget on agreement: any flipped prediction fails it and the worst layers are named.
     ptq = quantize_static(setup["fp32"], setup["folder"] / "gate.onnx", setup["feeds"])
-    report = evaluate_gate(setup["fp32"], ptq, setup["texts"], setup["tokenizer"], budget=0.0)
+    report = evaluate(setup["fp32"], ptq, setup["texts"], setup["tokenizer"], Budget(0.0))
     assert report.top1_agreement < 1 and not report.passed and report.worst_layers
-    with pytest.raises(EdgeElectraError, match=re.escape(report.worst_layers[0])):
+    with pytest.raises(GateRefused, match=re.escape(report.worst_layers[0])):
         check(report)
     check(report, accept_accuracy_drop=True)
     assert set(report.to_dict()) >= {"accuracy_fp32", "accuracy", "accuracy_delta", "top1_agreement",
@@ -135,19 +137,22 @@ def test_gate_passes_identical_models_and_names_worst_layers_on_failure(setup):
 def test_sensitivity_search_and_qat_recover_a_ptq_model_that_misses_the_budget(setup):
     budget = 0.5  # percent of items whose top-1 may change (no labels: agreement-based)
     ptq = quantize_static(setup["fp32"], setup["folder"] / "ptq.onnx", setup["feeds"])
-    ptq_report = evaluate_gate(setup["fp32"], ptq, setup["texts"], setup["tokenizer"], budget=budget)
+    ptq_report = evaluate(setup["fp32"], ptq, setup["texts"], setup["tokenizer"], Budget(budget))
     assert not ptq_report.passed
 
     search = sensitivity_search(setup["fp32"], setup["folder"] / "mixed.onnx", setup["feeds"], setup["texts"],
                                 setup["tokenizer"], budget=budget)
     assert search.passed and search.gate.drop <= budget
-    assert 0 < len(search.float_groups) < len(search.group_drop)  # mixed precision, not all float
+    assert 0 < len(search.float_groups) < len(search.group_disagreement)  # mixed precision, not all float
     graph = onnx.load(str(setup["folder"] / "mixed.onnx")).graph
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    # The search's result is data: quantizing with its config gives the same model again.
+    again = quantize(setup["fp32"], setup["folder"] / "again.onnx", search.config, setup["feeds"])
+    assert onnx.load(str(again)).graph == graph
 
     out = qat(setup["model"], setup["texts"], setup["tokenizer"], setup["folder"] / "qat.onnx", setup["feeds"],
               QATConfig(steps=60, lr=3e-4, batch_size=32))
-    qat_report = evaluate_gate(setup["fp32"], out, setup["texts"], setup["tokenizer"], budget=budget)
+    qat_report = evaluate(setup["fp32"], out, setup["texts"], setup["tokenizer"], Budget(budget))
     assert qat_report.passed and qat_report.top1_agreement > ptq_report.top1_agreement
     # Only what training rounded is quantized: Linear inputs, not their outputs nor attention's probabilities.
     nodes = onnx.load(str(out)).graph.node
@@ -162,17 +167,19 @@ def test_cli_quantizes_gates_and_leaves_nothing_on_failure(setup, tmp_path):
     data.write_text("".join(f'{{"text": "{e.text}", "label": "{e.label}"}}\n' for e in setup["data"].examples))
     args = ["quantize", str(setup["fp32"]), "--checkpoint-or-tokenizer", str(tmp_path / "ckpt"),
             "--eval", str(data), "--calibration", str(data), "--calibration-samples", "64"]
-    ok = CliRunner().invoke(main, [*args, "--method", "minmax", "--budget", "100", "--out", str(tmp_path / "q.onnx")])
+    lenient = ["--budget", "100", "--min-agreement", "0"]
+    ok = CliRunner().invoke(main, [*args, "--method", "minmax", *lenient, "--out", str(tmp_path / "q.onnx")])
     assert ok.exit_code == 0, ok.output
     assert "top-1 agreement" in ok.output and (tmp_path / "q.onnx").is_file()
-    unsigned = CliRunner().invoke(main, [*args, "--activations", "asymmetric", "--budget", "100",
+    unsigned = CliRunner().invoke(main, [*args, "--activations", "asymmetric", *lenient,
                                          "--out", str(tmp_path / "u8.onnx")])
     assert unsigned.exit_code == 0, unsigned.output
     zero_point_types = {init.data_type for init in onnx.load(str(tmp_path / "u8.onnx")).graph.initializer
                         if init.name.endswith("_zero_point") and not init.dims}
     assert onnx.TensorProto.UINT8 in zero_point_types
-    strict = CliRunner().invoke(main, [*args, "--budget", "-1", "--out", str(tmp_path / "strict.onnx")])
-    assert strict.exit_code != 0 and "misses the accuracy budget" in strict.output
+    strict = CliRunner().invoke(main, [*args, "--budget", "0", "--min-agreement", "1",
+                                       "--out", str(tmp_path / "strict.onnx")])
+    assert strict.exit_code == 3 and "misses the accuracy budget" in strict.output
     assert not (tmp_path / "strict.onnx").exists()
     small = CliRunner().invoke(main, [*args[:-1], "100000", "--out", str(tmp_path / "small.onnx")])
     assert small.exit_code != 0 and "were asked for" in small.output
@@ -188,14 +195,14 @@ def test_cli_qat_fine_tunes_from_the_checkpoint_and_needs_training_data(setup, t
     missing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "none.onnx")])
     assert missing.exit_code != 0 and "--train" in missing.output and not (tmp_path / "none.onnx").exists()
     ok = CliRunner().invoke(main, [*args, "--train", str(data), "--qat-steps", "20", "--budget", "100",
-                                   "--out", str(tmp_path / "qat.onnx")])
+                                   "--min-agreement", "0", "--out", str(tmp_path / "qat.onnx")])
     assert ok.exit_code == 0, ok.output
     assert "top-1 agreement" in ok.output
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "qat.onnx")).graph.node)
 
 
 def test_budget_is_inclusive_despite_float_rounding():
-    from edge_electra.build.gate import BATCH1_ITEMS, GateReport
+    from edge_electra.build.gate import BATCH1_ITEMS
     one_flip = 1 - 1 / BATCH1_ITEMS   # 0.995: 1 - 0.995 is slightly over 0.005 in floats
     report = GateReport(accuracy_fp32=88.13, accuracy=87.63, accuracy_delta=87.63 - 88.13, top1_agreement=0.99,
                         max_abs_logit_delta=0.1, batch1_vs_padded_agreement=one_flip, passed=False, budget=0.5)
@@ -204,7 +211,7 @@ def test_budget_is_inclusive_despite_float_rounding():
     assert not report.within_budget()
 
 
-def test_qat_keeps_the_untrained_student_when_training_only_loses_agreement(setup, capsys):
+def test_qat_keeps_the_untrained_student_when_training_only_loses_agreement(setup):
     import onnxruntime as ort
     runs = {}
     for name, config in {"untrained": QATConfig(steps=0), "wrecked": QATConfig(steps=20, lr=0.5, eval_every=10)}.items():
@@ -213,7 +220,6 @@ def test_qat_keeps_the_untrained_student_when_training_only_loses_agreement(setu
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = setup["tokenizer"](setup["texts"][:64]).arrays()
         runs[name] = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
-    assert "kept step 0 of 20" in capsys.readouterr().err
     np.testing.assert_array_equal(runs["wrecked"], runs["untrained"])
 
 
@@ -223,3 +229,14 @@ def test_qat_refuses_too_few_texts_to_hold_some_out(setup):
     with pytest.raises(DataError, match="held out"):
         qat(setup["model"], setup["texts"][:10], setup["tokenizer"], setup["folder"] / "few.onnx", setup["feeds"],
             QATConfig(steps=1, batch_size=16))
+
+
+def test_one_verb_dispatches_on_the_config_and_precision_of_reads_a_model(setup, tmp_path):
+    from edge_electra.build.quantize import precision_of
+    with pytest.raises(ConfigError, match="DynamicQuantConfig or a StaticQuantConfig"):
+        quantize(setup["fp32"], tmp_path / "x.onnx", QATConfig())
+    static = quantize(setup["fp32"], tmp_path / "s.onnx", StaticQuantConfig(), setup["feeds"])
+    dynamic = quantize(setup["fp32"], tmp_path / "d.onnx", DynamicQuantConfig())
+    fp16 = export_onnx(setup["model"], tmp_path / "h.onnx", ExportConfig(fp16=True, optimize=False)).path
+    assert [precision_of(p) for p in (setup["fp32"], static, dynamic, fp16)] == \
+        ["fp32", "int8-static", "int8-dynamic", "fp16"]

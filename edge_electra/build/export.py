@@ -1,5 +1,8 @@
 """Export a checkpoint to ONNX: FP32 or FP16, dynamic or fixed shapes, with ONNX Runtime's transformer fusions.
 
+Tensor names and axes come from edge_electra.runtime.io_spec; `fix_shape` is the one place that turns
+a dynamic graph into a fixed-shape one (for the export CLI, and for backends' per-bucket variants).
+
 We use the TorchScript exporter (`dynamo=False`): its graph of MatMul/Add/LayerNormalization/Erf nodes
 and the decomposed SDPA pattern is what `onnxruntime.transformers.optimizer` (model_type "bert") fuses
 into Attention, SkipLayerNormalization and BiasGelu. The fusions are counted and checked against the
@@ -17,10 +20,10 @@ import click
 import numpy as np
 
 from edge_electra.atomic import atomic_file
-from edge_electra.runtime.bundle import TensorSpec
 from edge_electra.errors import ConfigError, EdgeElectraError
+from edge_electra.runtime import io_spec
+from edge_electra.runtime.bundle import TensorSpec
 
-INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 FUSED_OPS = ("Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
              "BiasGelu", "Gelu", "FastGelu", "LayerNormalization")
 # FP32 exports must match torch this closely; FP16 ones are checked on their top-1 instead.
@@ -71,16 +74,25 @@ def example_inputs(batch: int, seq: int, vocab_size: int, seed: int = 0) -> dict
     if batch > 1 and seq > 2:
         mask[-1, max(2, seq // 2):] = 0
         ids[-1, max(2, seq // 2):] = 0
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return dict(zip(io_spec.INPUTS, (ids, mask, np.zeros_like(ids))))
 
 
-def _output_specs(model, batch, seq) -> list[TensorSpec]:
-    cfg = model.config
-    per_task = {"discriminator": [[batch, seq]], "generator": [[batch, seq, cfg.vocab_size]],
-                "sequence": [[batch, cfg.num_labels]],
-                "token": [[batch, seq, len(cfg.slot_labels) or cfg.num_labels]],
-                "joint": [[batch, cfg.num_labels], [batch, seq, len(cfg.slot_labels)]]}
-    return [TensorSpec(name, "float32", shape) for name, shape in zip(model.output_names, per_task[cfg.task])]
+def fix_shape(src: str | Path, dest: str | Path, batch: int, seq: int) -> Path:
+    """A copy of the ONNX model `src` whose inputs are [batch, seq] and whose other shapes follow from them
+    (runtimes that reject dynamic shapes: NNAPI, CoreML, NPUs)."""
+    import onnx
+    model = fixed_shape_proto(onnx.load(str(src)), batch, seq)
+    onnx.save(model, str(dest))
+    return Path(dest)
+
+
+def fixed_shape_proto(model, batch: int, seq: int):
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+    for value in model.graph.input:
+        make_input_shape_fixed(model.graph, value.name, [batch, seq])
+    fix_output_shapes(model)
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def _put_residual_last(graph) -> None:
@@ -110,7 +122,7 @@ def _max_abs_diff(onnx_path: Path, model, feeds: dict[str, np.ndarray]) -> float
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run(None, feeds)
     with torch.no_grad():
-        expected = model(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+        expected = model(*(torch.from_numpy(feeds[n]) for n in io_spec.INPUTS))
     expected = expected if isinstance(expected, tuple) else (expected,)
     return max(float(np.abs(g.astype(np.float32) - e.numpy()).max()) for g, e in zip(got, expected))
 
@@ -126,18 +138,17 @@ def export_onnx(model, path: str | Path, config: ExportConfig = ExportConfig()) 
     batch, seq = config.fixed_shape or (2, min(16, cfg.max_position))
     feeds = example_inputs(batch, seq, cfg.vocab_size)
     dynamic = config.fixed_shape is None
-    axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
-            for t in _output_specs(model, "batch", "seq")}
     with tempfile.TemporaryDirectory(prefix="edge-electra-export.") as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, tuple(torch.from_numpy(feeds[n]) for n in INPUT_NAMES), str(raw),
-                              input_names=INPUT_NAMES, output_names=model.output_names,
+            torch.onnx.export(model, tuple(torch.from_numpy(feeds[n]) for n in io_spec.INPUTS), str(raw),
+                              input_names=list(io_spec.INPUTS), output_names=io_spec.output_names(cfg.task),
                               opset_version=config.opset, do_constant_folding=True, dynamo=False,
-                              dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in INPUT_NAMES}, **axes}
-                              if dynamic else None)
+                              dynamic_axes=io_spec.dynamic_axes(cfg.task))
         proto = onnx.load(str(raw))
+        if not dynamic:
+            proto = fixed_shape_proto(proto, batch, seq)
         _put_residual_last(proto.graph)
         if config.optimize:
             from onnxruntime.transformers.optimizer import optimize_model
@@ -159,8 +170,7 @@ def export_onnx(model, path: str | Path, config: ExportConfig = ExportConfig()) 
                 raise EdgeElectraError(f"the exported graph differs from torch by {diff:.2e} (> {FP32_TOLERANCE}); "
                                        "try --no-optimize and report the model config")
     b, s = ([1, config.max_batch], [1, cfg.max_position]) if dynamic else (batch, seq)
-    return ExportReport(path, [TensorSpec(n, "int64", [b, s]) for n in INPUT_NAMES], _output_specs(model, b, s),
-                        _count_ops(proto), diff, config)
+    return ExportReport(path, *io_spec.specs(cfg, b, s), _count_ops(proto), diff, config)
 
 
 def _declare_contrib_domain(proto) -> None:

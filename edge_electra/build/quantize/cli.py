@@ -13,18 +13,19 @@ METHODS = ("dynamic", "minmax", "entropy", "percentile", "sensitivity", "qat")
 
 
 def load_tokenizer_and_labels(path: str | Path):
-    """A tokenizer (folder or tokenizer.json) and, when the folder is a checkpoint, its label list."""
+    """A tokenizer (folder or tokenizer.json) and, when the folder is a checkpoint, its labels and slot labels."""
     from edge_electra.train.checkpoint import config_from_hf
     from edge_electra.runtime.tokenizer import load_tokenizer
     path = Path(path)
     if path.is_file():
-        return load_tokenizer(path), None
+        return load_tokenizer(path), None, None
     if not path.is_dir():
         raise ConfigError(f"--checkpoint-or-tokenizer {path} not found (give a checkpoint folder or a tokenizer.json)")
-    labels = None
+    labels = slot_labels = None
     if (path / "config.json").is_file():
-        labels = config_from_hf(json.loads((path / "config.json").read_text())).labels or None
-    return load_tokenizer(path), labels
+        config = config_from_hf(json.loads((path / "config.json").read_text()))
+        labels, slot_labels = config.labels or None, config.slot_labels or None
+    return load_tokenizer(path), labels, slot_labels
 
 
 def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
@@ -50,24 +51,29 @@ def calibration_texts(path: str | None, samples: int, seed: int) -> list[str]:
 @click.option("--train", "train_path", type=click.Path(),
               help="Training data for --method qat (labels used when present); needs a checkpoint folder.")
 @click.option("--qat-steps", default=300, show_default=True, help="Fake-quant fine-tuning steps for --method qat.")
-@click.option("--budget", default=0.5, show_default=True, help="Largest accepted accuracy drop, in points.")
+@click.option("--budget", default=0.5, show_default=True, help="Largest accepted accuracy (and slot F1) drop, in "
+              "points.")
+@click.option("--min-agreement", default=0.99, show_default=True,
+              help="Smallest accepted top-1 agreement with the FP32 model (and slot span F1 against its tags).")
 @click.option("--accept-accuracy-drop", is_flag=True, help="Keep the model even if it misses the budget.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the gate report as JSON.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def command(model, tokenizer_path, method, recipe, activations, calibration, calibration_samples, eval_path, train_path,
-            qat_steps, budget, accept_accuracy_drop, report_path, out):
+            qat_steps, budget, min_agreement, accept_accuracy_drop, report_path, out):
     """Quantize MODEL (an FP32 .onnx) to INT8 and print the accuracy gate's report."""
     from edge_electra import dataclass_io
     from edge_electra.atomic import atomic_file
     from edge_electra.build.calibration import CalibrationRecipe, calibration_feeds, load_recipe
+    from edge_electra.build.gate import Budget, GateData, check, evaluate
+    from edge_electra.build.quantize import DynamicQuantConfig, StaticQuantConfig, quantize
+    from edge_electra.build.quantize.sensitivity import sensitivity_search
     from edge_electra.data import load
-    from edge_electra.build.quantize import DynamicQuantConfig, StaticQuantConfig, check, evaluate_gate, quantize_dynamic, quantize_static
-    from edge_electra.build.quantize.sensitivity import eval_texts_and_labels, sensitivity_search
 
     if not Path(model).is_file():
         raise ConfigError(f"model {model} not found; export one with `edge-electra export`")
-    tokenizer, labels = load_tokenizer_and_labels(tokenizer_path)
-    eval_data = load(eval_path, labels=labels)
+    tokenizer, labels, slot_labels = load_tokenizer_and_labels(tokenizer_path)
+    eval_data = GateData.of(load(eval_path, labels=labels, slot_labels=slot_labels))
+    limits = Budget(budget, min_agreement, min_agreement)
     if method == "qat" and (labels is None or not train_path):
         raise ConfigError("--method qat fine-tunes the model: give --checkpoint-or-tokenizer a checkpoint folder "
                           "(the source of MODEL) and --train a data file")
@@ -83,18 +89,16 @@ def command(model, tokenizer_path, method, recipe, activations, calibration, cal
         feeds = calibration_feeds(texts, tokenizer, max_length=rec.max_length)
     with atomic_file(out) as tmp:
         with click.progressbar(length=2, label=f"quantizing ({method})", file=sys.stderr) as bar:
-            if method == "dynamic":
-                quantize_dynamic(model, tmp, DynamicQuantConfig())
-            elif method == "sensitivity":
-                search = sensitivity_search(model, tmp, feeds, eval_data, tokenizer, budget, static)
+            if method == "sensitivity":
+                search = sensitivity_search(model, tmp, feeds, eval_data, tokenizer, limits, static, slot_labels)
             elif method == "qat":
                 from edge_electra.build.quantize.qat import QATConfig, qat
                 qat(tokenizer_path, train_data, tokenizer, tmp, feeds, QATConfig(steps=qat_steps), static)
             else:
-                quantize_static(model, tmp, feeds, static)
+                quantize(model, tmp, DynamicQuantConfig() if method == "dynamic" else static, feeds)
             bar.update(1)
-            texts, ids = eval_texts_and_labels(eval_data)
-            report = search.gate if method == "sensitivity" else evaluate_gate(model, tmp, texts, tokenizer, ids, budget)
+            report = search.gate if method == "sensitivity" else evaluate(
+                model, tmp, eval_data, tokenizer, limits, slot_labels=slot_labels)
             bar.update(1)
         if method == "sensitivity":
             click.echo(search.summary())

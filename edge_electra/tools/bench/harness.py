@@ -22,6 +22,7 @@ from edge_electra.cli_options import option_field
 from edge_electra.data import load as load_data
 from edge_electra.dataclass_io import to_dict
 from edge_electra.errors import ConfigError
+from edge_electra.metrics import slot_f1
 from edge_electra.runtime.predictor import Predictor
 
 FALLBACK_WORDS = ("please set an alarm for seven tomorrow morning and remind me to call my sister about "
@@ -66,11 +67,14 @@ def summarize(samples_ns: list[int], batch: int) -> dict:
             "samples_ms": [round(float(x), 4) for x in ms]}
 
 
-def interleaved(calls: dict[str, list[Callable[[], object]]], cfg: BenchConfig) -> dict[str, list[int]]:
-    """Warm up every subject, then time one call per subject per iteration, round-robin."""
+def interleaved(calls: dict[str, list[Callable[[], object]]], runs: int, warmup: int = 0,
+                seconds: float | None = None) -> dict[str, list[int]]:
+    """Warm up every subject, then time one call per subject per iteration, round-robin, the order rotating
+    each iteration; iteration i makes each subject's call i (cycling). Stops after `runs` iterations, or after
+    `seconds` when given. Returns each subject's times in ns. The one interleaved timer: compile uses it too."""
     names = list(calls)
     for name in names:
-        for i in range(cfg.warmup):
+        for i in range(warmup):
             calls[name][i % len(calls[name])]()
     samples: dict[str, list[int]] = {name: [] for name in names}
     start, iteration = time.perf_counter(), 0
@@ -81,10 +85,10 @@ def interleaved(calls: dict[str, list[Callable[[], object]]], cfg: BenchConfig) 
             fn()
             samples[name].append(time.perf_counter_ns() - t0)
         iteration += 1
-        if cfg.seconds is not None:
-            if time.perf_counter() - start >= cfg.seconds and iteration >= 3:
+        if seconds is not None:
+            if time.perf_counter() - start >= seconds and iteration >= 3:
                 return samples
-        elif iteration >= cfg.runs:
+        elif iteration >= runs:
             return samples
 
 
@@ -189,7 +193,7 @@ def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: c
             + (f"; skipped, too long for {', '.join(skipped)}" if skipped else ""))
         if not calls:
             continue
-        for name, samples in interleaved(calls, cfg).items():
+        for name, samples in interleaved(calls, cfg.runs, cfg.warmup, cfg.seconds).items():
             subject, padded = meta[name]
             row = {"bundle": name, "mode": case.mode, "source": case.source, "batch": case.batch,
                    "seq": case.seq, "padded_seq": padded, **summarize(samples, case.batch)}
@@ -283,8 +287,10 @@ def accuracy(predictor: Predictor, dataset) -> dict:
     if labelled and predictor.task != "token":
         out["intent_accuracy"] = sum(a == b for a, b in labelled) / len(labelled)
         out["abstained"] = sum(p.abstained for p in predictions)
-    tagged = [(t, g) for p, e in zip(predictions, dataset.examples) if e.tags and p.slots
-              for (_, t), g in zip(p.slots, e.tags)]
+    tagged = [(e.tags, [t for _, t in p.slots]) for p, e in zip(predictions, dataset.examples) if e.tags and p.slots]
     if tagged:
-        out["slot_word_accuracy"] = sum(a == b for a, b in tagged) / len(tagged)
+        gold, predicted = zip(*tagged)
+        out["slot_f1"] = slot_f1(gold, predicted)   # BIO span F1, as seqeval counts it
+        words = [(t, g) for gs, ts in tagged for t, g in zip(ts, gs)]
+        out["slot_word_accuracy"] = sum(a == b for a, b in words) / len(words)
     return out

@@ -49,7 +49,7 @@ def table(result: dict) -> str:
             parts.append(f"cold start {cold['process_to_first_result_s']:.2f} s to first result, "
                          f"peak RSS {cold['peak_rss_mb']:.0f} MB")
         acc = b.get("accuracy") or {}
-        parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items() if k.endswith("accuracy")]
+        parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items() if k.endswith(("accuracy", "_f1"))]
         lines.append(", ".join(parts))
     return "\n".join(lines)
 
