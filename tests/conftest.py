@@ -50,17 +50,24 @@ def tiny_model(max_position: int = 64, labels=None, texts=None):
     return model.eval(), tokenizer
 
 
+# What a device installs besides the standard library (the core dependencies and onnx-mobile's runtime).
+DEVICE_PACKAGES = ("numpy", "tokenizers", "click", "onnxruntime", "edge_electra")
+
+
 def without_torch_env(folder) -> dict:
-    """Environment for a subprocess in which `import torch` raises ImportError (a sitecustomize blocker)."""
+    """Environment for a subprocess that has only what a device installs: its sitecustomize swaps site-packages
+    for a folder of links to DEVICE_PACKAGES alone, so torch, tomli_w, onnx and the rest are not installed."""
     import os
+    import sysconfig
     from pathlib import Path
+    site = Path(folder) / "device-site-packages"
+    site.mkdir(exist_ok=True)
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():   # packages, their .libs and dist-info
+        if entry.name.split("-")[0].split(".")[0] in DEVICE_PACKAGES and not (site / entry.name).exists():
+            (site / entry.name).symlink_to(entry)
     (Path(folder) / "sitecustomize.py").write_text(
         "import sys\n"
-        "class BlockTorch:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, BlockTorch())\n")
+        f"sys.path[:] = [p for p in sys.path if not p.endswith('site-packages')] + [{str(site)!r}]\n")
     root = str(Path(__file__).resolve().parent.parent)
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), root])}
 

@@ -1,15 +1,17 @@
 """Bundles: round trip, every kind of damage caught with a message naming the file, atomic writes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from edge_electra.build.package import write_bundle, write_manifest
-from edge_electra.runtime.bundle import FORMAT_VERSION, Bundle, Manifest, TensorSpec
+from edge_electra.runtime.bundle import FORMAT_VERSION, MAX_MANIFEST_BYTES, Bundle, Manifest, TensorSpec, sha256
 from edge_electra.errors import BundleError
 from edge_electra.runtime.tokenizer import Tokenizer
 
@@ -122,3 +124,80 @@ def test_killed_writer_leaves_no_partial_bundle(tmp_path):
     else:
         with pytest.raises(BundleError, match="not found"):
             Bundle.load(tmp_path / "out")
+
+
+def edited(change):
+    """Damage: the manifest changed by `change(raw)`, its checksum renewed (a hand edit, or a hostile one)."""
+    def damage(bundle):
+        raw = json.loads((bundle / "manifest.json").read_text())
+        change(raw)
+        write_manifest(bundle / "manifest.json", raw)
+    return damage
+
+
+def nested(bundle):
+    (bundle / "manifest.json").write_text('{"format_version": 1, "labels": ' + "[" * 200_000 + "]" * 200_000 + "}")
+
+
+def padded_to_300_mb(bundle):
+    """Valid JSON, its checksum still matching: 300 MB of trailing whitespace."""
+    with open(bundle / "manifest.json", "a") as f:
+        for _ in range(300):
+            f.write(" " * (1 << 20))
+
+
+def input_shape(shape):
+    return lambda raw: raw["inputs"][0].update(shape=shape)
+
+
+# The manifest values of issue 12's table, each refused at load with a BundleError saying what is wrong.
+BAD_VALUES = {
+    "threads 10^6": (edited(lambda raw: raw["runtime"].update(threads=10**6)), r"runtime.threads is 1000000; .*0 to 256"),
+    "threads 5000": (edited(lambda raw: raw["runtime"].update(threads=5000)), r"runtime.threads is 5000"),
+    "max_batch <= 0": (edited(lambda raw: raw["runtime"].update(max_batch=0)), r"runtime.max_batch is 0; .*1 to 4096"),
+    "batch dimension 10^9": (edited(input_shape([[1, 10**9], [1, 128]])),
+                             r"input 'input_ids' dimension 0 \(its maximum\) is 1000000000"),
+    "a string for a number": (edited(input_shape([[1, 8], "128"])), r"input 'input_ids' dimension 1 is '128'"),
+    "negative buckets": (edited(lambda raw: raw["tokenizer"].update(buckets=[-16, 32])), r"a tokenizer bucket is -16"),
+    "nested 200k deep": (nested, r"malformed: nested too deeply"),
+    "300 MB": (padded_to_300_mb, rf"malformed: over {MAX_MANIFEST_BYTES} bytes"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES)
+def test_manifest_values_out_of_bounds_are_refused(bundle, case):
+    damage, message = BAD_VALUES[case]
+    damage(bundle)
+    try:
+        with pytest.raises(BundleError, match=r"manifest.json is malformed: " + message.removeprefix("malformed: ")):
+            Bundle.load(bundle)
+    finally:
+        (bundle / "manifest.json").unlink()   # 300 MB need not outlive the test
+
+
+def test_files_the_manifest_does_not_list_are_refused(bundle):
+    (bundle / "notes.txt").write_text("not listed")
+    with pytest.raises(BundleError, match=r"holds notes.txt, which manifest.json does not list"):
+        Bundle.load(bundle)
+
+
+def test_an_unlisted_external_data_file_is_refused(tiny_bundle, tmp_path):
+    """ONNX Runtime reads model.onnx.data beside model.onnx: reversed weights there must not load."""
+    onnx = pytest.importorskip("onnx")
+    from edge_electra.runtime.predictor import Predictor
+    bundle = shutil.copytree(tiny_bundle("sequence"), tmp_path / "b")
+    expected = Predictor.load(bundle).predict_proba(["turn on the lights", "play some jazz"])
+    onnx.save_model(onnx.load(str(bundle / "model.onnx")), str(bundle / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    data = bundle / "model.onnx.data"
+    weights = data.read_bytes()
+    data.write_bytes(weights[::-1])
+    edited(lambda raw: raw["files"].update({"model.onnx": sha256(bundle / "model.onnx")}))(bundle)
+    for load in (Bundle.load, Predictor.load):
+        with pytest.raises(BundleError, match=r"holds model.onnx.data, which manifest.json does not list"):
+            load(bundle)
+    # Listed and hashed, external data is a bundle file like any other.
+    data.write_bytes(weights)
+    edited(lambda raw: raw["files"].update({"model.onnx.data": sha256(data)}))(bundle)
+    np.testing.assert_allclose(Predictor.load(bundle).predict_proba(["turn on the lights", "play some jazz"]),
+                               expected, atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 from edge_electra import Prediction, Predictor
 from edge_electra.build.package import write_manifest
 from edge_electra.runtime.bundle import MANIFEST, Bundle
-from edge_electra.errors import BundleError, DataError
+from edge_electra.errors import BundleError, ConfigError, DataError
 
 from conftest import LABELS, SLOT_LABELS, TEXTS, without_torch_env
 
@@ -111,7 +111,11 @@ def test_truncated_words_get_no_tag(tiny_bundle):
 
 
 @pytest.mark.parametrize("bad, message", [("", "empty"), ("   \n", "whitespace"), (b"play jazz", "decode"),
-                                          (None, "not str"), (3, "not str")])
+                                          (None, "not str"), (3, "not str"),
+                                          # Text the tokenizer normalises to nothing is empty too.
+                                          ("\u200b\u200b", "empty once normalised"),
+                                          ("\x00\x01", "empty once normalised"), ("\ufeff", "empty once normalised"),
+                                          ("\u200d \x1c\x0b", "empty once normalised")])
 def test_bad_inputs_raise_clear_errors(tiny_bundle, bad, message):
     p = Predictor.load(tiny_bundle("sequence"))
     with pytest.raises(DataError, match=message):
@@ -120,6 +124,20 @@ def test_bad_inputs_raise_clear_errors(tiny_bundle, bad, message):
         p.predict_batch(["fine", bad])
     with pytest.raises(DataError, match="list of strings"):
         p.predict_batch("a single string")
+
+
+def test_text_that_normalises_to_nothing_is_named_by_its_index(tiny_bundle):
+    p = Predictor.load(tiny_bundle("joint"))
+    assert p.shapes.max_batch == 8
+    with pytest.raises(DataError, match="input 9 is empty once normalised"):
+        p.predict_batch(["play some jazz"] * 9 + ["\ufeff\u200b"])   # in the second chunk of 8
+    assert p("\u200bplay\x1csome jazz").label in LABELS   # some text left: a prediction
+
+
+def test_threads_out_of_bounds_are_refused_before_the_runtime_sees_them(tiny_bundle):
+    for threads in (10**6, 5000, -1, "4"):
+        with pytest.raises(ConfigError, match=r"threads is .* from 0 to 256"):
+            Predictor.load(tiny_bundle("sequence"), threads=threads)
 
 
 def test_version_mismatch_is_a_bundle_error(tiny_bundle):
@@ -192,24 +210,49 @@ def test_concurrent_callers_get_their_own_answers(tiny_bundle):
     assert failures == []
 
 
-def test_predictor_runs_where_torch_cannot_be_imported(tiny_bundle, tmp_path):
-    path = tiny_bundle("joint")
-    script = textwrap.dedent(f"""
-        import json, sys
-        from edge_electra import Predictor
-        p = Predictor.load({str(path)!r}, threads=1)
-        pred = p("turn on the kitchen lights")
-        try:
-            import torch
-            blocked = False
-        except ImportError:
-            blocked = True
-        print(json.dumps({{"label": pred.label, "slots": pred.slots, "blocked": blocked,
-                          "torch_loaded": any(m == "torch" or m.startswith("torch.") for m in sys.modules)}}))
-    """)
-    done = subprocess.run([sys.executable, "-c", script], env=without_torch_env(tmp_path), capture_output=True,
-                          text=True, timeout=120)
+DEVICE_SCRIPT = """
+import json, sys
+from edge_electra import Predictor
+p = Predictor.load(sys.argv[1], threads=1)
+pred = p("turn on the kitchen lights")
+blocked = []
+for name in ("torch", "tomli_w", "onnx", "transformers", "safetensors"):
+    try:
+        __import__(name)
+    except ImportError:
+        blocked.append(name)
+print(json.dumps({"label": pred.label, "slots": pred.slots, "blocked": blocked,
+                  "modules": sorted(name for name in sys.modules if name.startswith("edge_electra."))}))
+"""
+BUILD_SIDE = ("edge_electra.build", "edge_electra.train", "edge_electra.tools")
+
+
+def test_predictor_and_cli_run_with_only_what_a_device_installs(tiny_bundle, tmp_path):
+    """numpy, tokenizers, click and onnxruntime: torch, tomli_w, onnx and the rest cannot be imported. Loading
+    and predicting import nothing of the build, training or tools side."""
+    path = str(tiny_bundle("joint"))
+    env = without_torch_env(tmp_path)
+    done = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, path], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["blocked"] and not result["torch_loaded"]
+    assert result["blocked"] == ["torch", "tomli_w", "onnx", "transformers", "safetensors"]
     assert result["label"] in LABELS and len(result["slots"]) == 5
+    assert "edge_electra.runtime.predictor" in result["modules"]
+    assert [m for m in result["modules"] if m.startswith(BUILD_SIDE)] == []
+    for argv in (["info", path], ["bench", path, "--help"]):
+        done = subprocess.run([sys.executable, "-m", "edge_electra.cli", *argv], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+
+def test_device_side_source_imports_nothing_of_the_build_side():
+    """Not even lazily, inside a function: runtime/ names no module of build/, train/ or tools/."""
+    import ast
+    from pathlib import Path
+    import edge_electra.runtime
+    for source in Path(edge_electra.runtime.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(BUILD_SIDE)], (source.name, names)

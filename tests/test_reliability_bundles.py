@@ -118,7 +118,7 @@ def assert_refused(bundle: Path, pattern: str, name: str, predictor_only: bool =
             Bundle.load(bundle)
         caught.append(error.value)
         result = CliRunner().invoke(main, ["info", str(bundle)])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output   # bad input: EdgeElectraError
         assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1, result.output
         assert re.search(pattern, result.output) and name in result.output
     for e in caught:
@@ -252,18 +252,20 @@ class Payload:
 
 
 def plant_payloads(bundle: Path, marker: Path) -> list[str]:
-    """Python files a careless loader might import, pickles listed in the manifest with valid hashes, and
-    Python expressions in the manifest's free-form fields. Each would create `marker` if run."""
+    """Python files a careless loader might import and pickles, all listed in the manifest with valid hashes
+    (unlisted files are refused outright), and Python expressions in the manifest's free-form fields. Each
+    would create `marker` if run."""
     expression = f"__import__('builtins').open({str(marker)!r}, 'w')"
-    for name in ("sitecustomize.py", "usercustomize.py", "__init__.py", "__main__.py", "model.py",
-                 "edge_electra.py", "onnxruntime.py", "openvino.py", "numpy.py"):
+    scripts = ["sitecustomize.py", "usercustomize.py", "__init__.py", "__main__.py", "model.py", "edge_electra.py",
+               "onnxruntime.py", "openvino.py", "numpy.py"]
+    for name in scripts:
         (bundle / name).write_text(expression + "\n")
     pickles = ["payload.pkl", "state.pt", "model.pkl", "pytorch_model.bin"]
     for name in pickles[:-1]:
         (bundle / name).write_bytes(pickle.dumps(Payload(marker)))
     torch.save({"weights": Payload(marker)}, bundle / "pytorch_model.bin")
     raw = json.loads((bundle / MANIFEST).read_text())
-    raw["files"].update({name: sha256(bundle / name) for name in pickles})
+    raw["files"].update({name: sha256(bundle / name) for name in scripts + pickles})
     raw["created"] = expression
     raw["source"]["note"] = raw["accuracy"]["note"] = expression
     write_manifest(bundle / MANIFEST, raw)
