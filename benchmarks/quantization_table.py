@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from edge_electra.build.calibration import CalibrationRecipe, calibration_feeds, select_samples
 from edge_electra.train.checkpoint import load_pretrained
 from edge_electra.data import Dataset, load_folder
 from edge_electra.build.export import ExportConfig, export_onnx
-from edge_electra.build.quantize import (StaticQuantConfig, evaluate_gate, quantize_dynamic, quantize_static,
-                                   sensitivity_search)
-from edge_electra.build.gate import accuracy, run_texts, session
+from edge_electra.build.quantize import StaticQuantConfig, quantize_dynamic, quantize_static, sensitivity_search
+from edge_electra.build.gate import Budget, Gate, GateData, session
 from edge_electra.build.quantize.qat import QATConfig, qat
 from edge_electra.runtime.tokenizer import Tokenizer
 
@@ -36,7 +34,8 @@ def relabel(data: Dataset, labels: list[str], limit: int | None = None) -> Datas
 
 def batch1_latency_ms(path: Path, tokenizer, texts: list[str], threads: int) -> float:
     sess = session(path, threads)
-    run_texts(sess, tokenizer, texts[:10], 1)  # warm-up
+    for text in texts[:10]:  # warm-up
+        sess.run(None, tokenizer([text]).arrays())
     times = []
     for text in texts:
         feeds = tokenizer([text]).arrays()
@@ -87,20 +86,17 @@ def main(checkpoint, data_dir, limit, latency_items, threads, qat_steps, budget,
     if qat_steps:
         builds["INT8 QAT"] = lambda out: qat(model, splits["train"], tokenizer, out, calibration,
                                              QATConfig(steps=qat_steps))
-    ids = test.label_ids()
-    reference = run_texts(session(fp32), tokenizer, test.texts)
+    gate = Gate(fp32, GateData(test.texts, test.label_ids()), tokenizer, Budget(budget))
     rows = []
     for name, build in builds.items():
         click.echo(f"building {name} ...", err=True)
         path = Path(build(folder / (name.lower().replace(" ", "-").strip("()") + ".onnx")))
-        logits = run_texts(session(path), tokenizer, test.texts)
-        gate = evaluate_gate(fp32, path, test.texts, tokenizer, ids, budget) if path != fp32 else None
-        rows.append((name, accuracy(logits, ids), accuracy(logits, ids) - accuracy(reference, ids),
-                     float(np.mean(logits.argmax(-1) == reference.argmax(-1))),
+        report = gate.measure(path, full=path != fp32)
+        rows.append((name, report.accuracy, report.accuracy_delta, report.top1_agreement,
                      batch1_latency_ms(path, tokenizer, test.texts[:latency_items], threads),
-                     path.stat().st_size / 1e6, "" if gate is None else
-                     f"{'pass' if gate.passed else 'FAIL'} (padded-batch agreement "
-                     f"{100 * gate.batch1_vs_padded_agreement:.1f}%)"))
+                     path.stat().st_size / 1e6, "" if path == fp32 else
+                     f"{'pass' if report.passed else 'FAIL: ' + '; '.join(report.failures)} (padded-batch agreement "
+                     f"{100 * report.batch1_vs_padded_agreement:.1f}%)"))
         click.echo(f"  {rows[-1]}", err=True)
     click.echo(f"\n{len(test)} test utterances, batch-1 latency: median over {min(latency_items, len(test))} "
                f"utterances, {threads} thread(s)\n")

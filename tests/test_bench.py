@@ -161,23 +161,6 @@ def test_table_lists_every_result():
     assert any("2.00 MB" in line for line in lines)
 
 
-def test_bench_scores_slots_as_bio_spans(tiny_bundle, tmp_path):
-    """Joint bundles report span F1 as seqeval counts it, not only the fraction of words tagged right."""
-    from edge_electra.data import Dataset, Example
-    from edge_electra.metrics import slot_f1
-    predictor = Predictor.load(tiny_bundle("joint"))
-    texts = TEXTS[:6]
-    predicted = [[t for _, t in p.slots] for p in predictor.predict_batch(texts)]
-    # Gold: the model's own tags with the first word's tag changed, so some spans are lost, some kept.
-    gold = [["B-city" if i == 0 and tag != "B-city" else ("O" if i == 0 else tag) for i, tag in enumerate(tags)]
-            for tags in predicted]
-    dataset = Dataset([Example(t, LABELS[0], g) for t, g in zip(texts, gold)], LABELS)
-    scores = harness.accuracy(predictor, dataset)
-    assert scores["slot_f1"] == pytest.approx(slot_f1(gold, predicted)) and 0 < scores["slot_f1"] < 1
-    words = [(a, b) for g, p in zip(gold, predicted) for a, b in zip(g, p)]
-    assert scores["slot_word_accuracy"] == pytest.approx(sum(a == b for a, b in words) / len(words))
-
-
 def test_bench_scores_slots_as_bio_spans(tiny_bundle):
     """Joint bundles report span F1 as seqeval counts it, not only the fraction of words tagged right."""
     from edge_electra.data import Dataset, Example

@@ -280,7 +280,7 @@ def test_auto_records_a_candidate_that_fails_to_build_and_goes_on(checkpoint, tm
     assert not any(errors.values()) and m.precision != "int8-static"
 
 
-def test_a_quantized_model_from_quantize_compiles_into_a_bundle(checkpoint, tmp_path):
+def test_a_quantized_model_from_quantize_compiles_into_a_bundle(checkpoint, tmp_path, monkeypatch):
     # The arrow quantize → compile: a Q/DQ model made outside compile ships as it is, gated against FP32.
     import onnxruntime as ort
     from click.testing import CliRunner
@@ -306,6 +306,13 @@ def test_a_quantized_model_from_quantize_compiles_into_a_bundle(checkpoint, tmp_
     probe = checkpoint["tokenizer"](PROBES).arrays()
     expected = ort.InferenceSession(str(given), providers=["CPUExecutionProvider"]).run(None, probe)[0]
     np.testing.assert_allclose(runner.run(probe)["logits"], expected, atol=1e-4)
+    # OpenVINO reads the given Q/DQ model as it is: NNCF never quantizes anything here.
+    import edge_electra.backends.openvino as openvino_backend
+    monkeypatch.setattr(openvino_backend, "quantize_int8", lambda *a: pytest.fail("NNCF ran on a given model"))
+    ov = Bundle.load(compile_bundle(checkpoint["folder"], "x86-vnni-cpu", tmp_path / "ov", model_onnx=given,
+                                    accept_accuracy_drop=True, threads=1))
+    assert ov.manifest.precision == "int8-static" and not ov.manifest.candidates[0]["error"]
+    assert "FakeQuantize" in json.loads(ov.file("report.json").read_text())["openvino"]["ops"]
     with pytest.raises(ConfigError, match="holds a int8-static model, not fp32"):
         compile_bundle(checkpoint["folder"], "x86-avx2-cpu", tmp_path / "b", precision="fp32", model_onnx=given)
     with pytest.raises(ConfigError, match="allows"):

@@ -295,13 +295,12 @@ class OnnxMobileBackend(Backend):
         candidate = request.onnx_for(request.precision, workdir, optimize=fused)
         stage = workdir / "onnx-mobile-variants"
         stage.mkdir(parents=True)
-        if target.fixed_shapes:
-            variants = [Variant(f"model.s{s}.ort", seq=s, batch=target.batch.opt) for s in target.buckets]
-            for v in variants:
+        variants = request.shape_variants(".ort")
+        for v in variants:
+            if v.seq is not None:
                 fix_shape(candidate, stage / v.file.replace(".ort", ".onnx"), v.batch, v.seq)
-        else:
-            variants = [Variant("model.ort")]
-            shutil.copyfile(candidate, stage / "model.onnx")
+            else:
+                shutil.copyfile(candidate, stage / v.file.replace(".ort", ".onnx"))
         models, config = convert_to_ort(stage, workdir / "onnx-mobile-ort", level, options.target_platform)
         files = {m.name: m for m in models} | {REQUIRED_OPERATORS: config}
         probe = variants[0]

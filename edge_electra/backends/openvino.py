@@ -128,15 +128,15 @@ class OpenVinoBackend(Backend):
         ov = _ov()
         target = request.target
         options: OpenVinoOptions = target.options
-        model = request.memo("openvino-ir", lambda: ov.convert_model(str(request.reference_onnx))).clone()
-        if request.precision == "int8-static":
+        if request.given_onnx is not None:   # a model quantized before compile: OpenVINO reads its Q/DQ
+            model = ov.convert_model(str(request.onnx_for(request.precision, workdir)))
+        else:
+            model = request.memo("openvino-ir", lambda: ov.convert_model(str(request.reference_onnx))).clone()
+        if request.precision == "int8-static" and request.given_onnx is None:
             # One utterance per item, so that the recipe's sample count is a count of utterances.
             model = quantize_int8(model, request.calibration_feeds(batch_size=1), request.calibration_samples)
         compress = request.precision == "fp16"
-        if target.fixed_shapes:
-            variants = [Variant(f"model.s{s}.xml", seq=s, batch=target.batch.opt) for s in target.buckets]
-        else:
-            variants = [Variant("model.xml")]
+        variants = request.shape_variants(".xml")
         files = {}
         for v in variants:
             if v.seq is not None:
@@ -148,8 +148,8 @@ class OpenVinoBackend(Backend):
         runtime = {"device": options.device, "cache": options.cache, "threads": target.threads,
                    "variants": variant_dicts(variants)}
         report = {"openvino": {"ops": sorted({op.get_type_name() for op in model.get_ops()}),
-                               "weights": "fp16" if compress else "int8 (NNCF)" if request.precision == "int8-static"
-                               else "fp32"}}
+                               "weights": "fp16" if compress else "fp32" if request.precision != "int8-static"
+                               else "int8 (NNCF)" if request.given_onnx is None else "int8 (the given Q/DQ model)"}}
         return CompiledModel(files=files, precision=request.precision, runtime=runtime, report=report)
 
     def load(self, bundle, threads: int | None = None, device: str | None = None, **_) -> OpenVinoRunner:
