@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_electra.runtime import io_spec
 from edge_electra.train.config import ElectraConfig
 
 # Hugging Face's names: gelu is exact, gelu_new and gelu_pytorch_tanh are the tanh approximation.
@@ -169,10 +170,6 @@ HEADS = {
     "joint": lambda cfg, encoder: JointHead(cfg),
 }
 
-OUTPUT_NAMES = {"discriminator": ["logits"], "generator": ["logits"], "sequence": ["logits"],
-                "token": ["logits"], "joint": ["logits", "slot_logits"]}
-
-
 class Electra(nn.Module):
     """An ELECTRA encoder with the head its config's task asks for.
 
@@ -208,7 +205,7 @@ class Electra(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return OUTPUT_NAMES[self.config.task]
+        return io_spec.output_names(self.config.task)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
