@@ -189,6 +189,13 @@ def leftovers(out: Path) -> list[str]:
                   or p.name.startswith(f"..{out.name}."))
 
 
+def phase(out: Path, previous: bytes | None, read) -> str:
+    """Where a killed run was, judged by what it left: its staging beside --out, its new output, or neither."""
+    if leftovers(out):
+        return "staging"
+    return "written" if out.exists() and read(out) != previous else "before staging"
+
+
 def kill_at(server: ForkServer, argv: list[str], when, reset) -> tuple[bool, str]:
     """`run_and_kill` after `reset()` sets --out up; a run that ends before its moment (this machine is shared,
     so a run can beat the measured one) is tried again with its delay 40% shorter, four times at most."""
@@ -211,11 +218,6 @@ def compile_argv(inputs, out: Path) -> list[str]:
             "--precision", "fp32", "--calibration", str(inputs["calibration"])]
 
 
-def compile_phase(log: str) -> str:
-    steps = [line.split("]")[0] + "]" for line in log.splitlines() if line.startswith("[")]
-    return steps[-1] if steps else "importing"
-
-
 def check_bundle(out: Path) -> bytes:
     """The bundle at `out` is complete: it verifies, loads on its backend and predicts."""
     bundle = Bundle.load(out)
@@ -230,7 +232,7 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
     check_bundle(tmp_path / "measured")
     old = compile_bundle(inputs["checkpoint"], "x86-avx2-cpu", tmp_path / "old", precision="fp32",
                          calibration=inputs["calibration"], threads=1)
-    check_bundle(old)
+    old_manifest = check_bundle(old)
     for scenario in SCENARIOS:
         out = tmp_path / "out" / "bundle"
 
@@ -240,17 +242,18 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
                 shutil.copytree(old, out)
         staging = lambda t, log: bool(leftovers(out))
         for name, when in kill_moments(duration, staging):
-            killed, log = kill_at(server, compile_argv(inputs, out), when, reset)
+            killed, _ = kill_at(server, compile_argv(inputs, out), when, reset)
             if not killed:
                 MISSED[f"compile, {scenario}"] += 1
                 continue
-            PHASES["compile"][compile_phase(log)] += 1
             assert all(p.endswith(".tmp") or ".old-" in p for p in leftovers(out)), leftovers(out)   # staging only
             assert len(workdirs()) <= 1   # the killed run's work folder in $TMPDIR
             # Only ever a complete bundle, the old or the new one (check_bundle verifies every file's checksum,
             # so a mix of the two fails), and never none where there was one.
             if scenario == "previous output" or out.exists():
                 check_bundle(out)
+            previous = old_manifest if scenario == "previous output" else None
+            PHASES["compile"][phase(out, previous, lambda p: (p / MANIFEST).read_bytes())] += 1
             # The next run succeeds and sweeps what the killed one left beside --out.
             compile_bundle(inputs["checkpoint"], "x86-avx2-cpu", out, precision="fp32",
                            calibration=inputs["calibration"], threads=1)
@@ -264,7 +267,7 @@ def test_killed_compile_leaves_no_partial_bundle_and_keeps_the_old_one(server, i
 def quantize_argv(inputs, out: Path, method: str = "minmax") -> list[str]:
     return ["quantize", str(inputs["onnx"]), "--checkpoint-or-tokenizer", str(inputs["checkpoint"]),
             "--eval", str(inputs["eval"]), "--calibration", str(inputs["eval"]), "--calibration-samples", "12",
-            "--method", method, "--budget", "100", "--out", str(out)]
+            "--method", method, "--budget", "100", "--min-agreement", "0", "--out", str(out)]
 
 
 def check_model(path: Path) -> bytes:
@@ -292,13 +295,13 @@ def test_killed_quantize_leaves_no_partial_model_and_keeps_the_old_one(server, i
             if scenario == "previous output":
                 shutil.copyfile(old, out)
         for name, when in kill_moments(duration, staging):
-            killed, log = kill_at(server, quantize_argv(inputs, out), when, reset)
+            killed, _ = kill_at(server, quantize_argv(inputs, out), when, reset)
             if not killed:
                 MISSED[f"quantize, {scenario}"] += 1
                 continue
             stray = leftovers(out)
-            PHASES["quantize"]["staging" if stray else "written" if out.exists() and out.read_bytes() != old_bytes
-                               else "before staging"] += 1
+            previous = old_bytes if scenario == "previous output" else None
+            PHASES["quantize"][phase(out, previous, Path.read_bytes)] += 1
             assert all(p.endswith(".tmp") for p in stray), stray
             if scenario == "no previous output":
                 if out.exists():
