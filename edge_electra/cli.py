@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 
 import click
 
@@ -92,6 +94,9 @@ class LazyGroup(click.Group):
             raise Failure(str(e), EXIT_GATE_REFUSED) from e
         except EdgeElectraError as e:
             raise Failure(str(e), EXIT_BAD_INPUT) from e
+        except BrokenPipeError:   # the reader went away (`edge-electra targets | head`): nothing left to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_UNEXPECTED)
         except Exception as e:
             log.debug("the traceback of the unexpected error:", exc_info=True)
             first_line = (str(e).strip().splitlines() or [""])[0][:300]

@@ -108,3 +108,13 @@ def test_info_on_a_missing_bundle_is_one_line(tmp_path):
     assert result.exit_code == cli.EXIT_BAD_INPUT
     assert "Error: bundle" in result.output and "not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`edge-electra targets | head -1`: no error and no traceback when the pipe closes."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge_electra.cli", "targets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()   # before the command has written anything
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == cli.EXIT_UNEXPECTED
+    assert stderr == b"", stderr
