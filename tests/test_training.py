@@ -128,10 +128,10 @@ def test_interrupted_run_resumes_with_identical_losses(corpus, tmp_path, monkeyp
 
 def test_time_limit_stops_cleanly_and_resume_finishes_with_identical_losses(corpus, tmp_path, monkeypatch):
     import types
-    pretrain_module = sys.modules["edge_electra.train.pretrain"]   # the package exports the function by that name
+    from edge_electra.train import loop
     straight = pretrain(tiny_config(corpus, tmp_path / "straight"))
     ticks = itertools.count()
-    monkeypatch.setattr(pretrain_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     limited = pretrain(tiny_config(corpus, tmp_path / "limited", time_limit_s=8))
     stopped_at = state.load_state(tmp_path / "limited")["step"]
     assert 0 < stopped_at < 6 and (limited / "model.safetensors").exists()   # weights written at the stop
@@ -155,23 +155,58 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint(corpus, tmp_path):
     proc.wait()
     saved = state.load_state(tmp_path / "run")
     assert saved is not None, proc.stderr.read().decode()[-2000:]
-    assert saved["step"] >= 1 and set(saved["rng"]) >= {"python", "numpy", "torch"}
+    assert saved["step"] >= 1 and set(saved["rng"][0]) >= {"python", "numpy", "torch"}
     final = pretrain(tiny_config(corpus, tmp_path / "run", steps=saved["step"] + 1, save_every=1))
     assert state.load_state(tmp_path / "run")["step"] == saved["step"] + 1 and final.exists()
 
 
-def test_two_gloo_processes_train_with_ddp(corpus, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "edge_electra.train.pretrain", str(corpus / "corpus.txt"), "--out", str(tmp_path / "ddp"),
-           "--preset", "tiny", "--tokenizer", str(corpus), "--seq-len", "32", "--batch-size", "2", "--steps", "3",
-           "--warmup-steps", "1", "--log-every", "1", "--device", "cpu", "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 process(es)" in done.stderr
-    rows = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
-    assert (tmp_path / "ddp" / "discriminator" / "model.safetensors").exists()
+def _gloo_process(rank, port, corpus, out, record):
+    """One of two DDP processes (gloo, CPU): a straight 4-step run, a 2-step run, then its resumption to 4 steps,
+    recording each step's RNG state and masked positions."""
+    import hashlib
+    pretrain_module = sys.modules["edge_electra.train.pretrain"]   # the package exports the function by that name
+    import datetime
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))  # pretrain joins it, leaves it
+    real, seen = pretrain_module.choose_masked, []
+
+    def recording(input_ids, special_ids, mask_prob):
+        digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
+        positions, valid = real(input_ids, special_ids, mask_prob)
+        seen.append({"rng": digest, "positions": positions.tolist()})
+        return positions, valid
+
+    pretrain_module.choose_masked = recording
+    runs = {}
+    for name, folder, steps in [("straight", "straight", 4), ("first half", "resumed", 2), ("resumed", "resumed", 4)]:
+        seen.clear()
+        pretrain(tiny_config(corpus, out / folder, steps=steps, batch_size=2, save_every=100))
+        runs[name] = list(seen)
+    torch.distributed.destroy_process_group()
+    (record / f"rank{rank}.json").write_text(json.dumps(runs))
+
+
+def test_ddp_processes_draw_their_own_masks_and_resume_their_own_streams(corpus, tmp_path):
+    """Defect 11: every rank used the same seed (the same masks on every GPU), and a resumed run gave every rank
+    rank 0's RNG state. Two gloo processes on the CPU stand in for two GPUs."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_process, args=(port, corpus, tmp_path / "runs", tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    straight = [[step["rng"] for step in rank["straight"]] for rank in ranks]
+    assert len(straight[0]) == 4 and not set(straight[0]) & set(straight[1])   # two streams, not one
+    for rank in ranks:
+        assert rank["first half"] + rank["resumed"] == rank["straight"]         # each continues its own
+    rows = [json.loads(l) for l in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    record = json.loads((tmp_path / "runs" / "resumed" / "run.json").read_text())
+    assert record["world_size"] == 2 and record["resumed_at_step"] == 2
+    assert len(state.load_state(tmp_path / "runs" / "resumed")["rng"]) == 2
 
 
 def test_from_scratch_takes_fewer_layers_and_refuses_them_with_init(corpus, tmp_path):
@@ -195,3 +230,20 @@ def test_init_continues_from_saved_discriminator_and_generator(corpus, tmp_path)
         saved = load_pretrained(folder)[0].state_dict()
         assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert tok.vocab_size == disc.config.vocab_size
+
+
+def test_adapting_a_lone_discriminator_says_its_generator_starts_random_with_shared_embeddings(corpus, tmp_path):
+    """Defect 11: domain adaptation silently paired a released discriminator with a random generator."""
+    import shutil
+    from safetensors.torch import load_file
+    first = pretrain(tiny_config(corpus, tmp_path / "first", steps=1))
+    shutil.copytree(first, tmp_path / "released" / "discriminator")   # no generator/ beside it
+    adapted = pretrain(tiny_config(corpus, tmp_path / "adapted", init=str(tmp_path / "released" / "discriminator"),
+                                   tokenizer=None, steps=2))
+    record = json.loads((adapted.parent / "run.json").read_text())
+    assert record["generator"].startswith("random layers with the discriminator's embeddings")
+    disc, gen = load_file(adapted / "model.safetensors"), load_file(adapted.parent / "generator" / "model.safetensors")
+    word = "electra.embeddings.word_embeddings.weight"
+    assert torch.equal(disc[word], gen[word])    # trained together, as one module
+    continued = pretrain(tiny_config(corpus, tmp_path / "continued", init=str(first), tokenizer=None, steps=1))
+    assert json.loads((continued.parent / "run.json").read_text())["generator"].startswith("continued from")

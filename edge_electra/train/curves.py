@@ -6,6 +6,8 @@ from pathlib import Path
 
 from edge_electra.atomic import atomic_file
 
+METRICS_LOG = "metrics.jsonl"
+
 
 def read_rows(path: Path) -> list[dict]:
     if not path.exists():

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
-import click
 import torch
 
 from edge_electra.errors import ConfigError
+
+log = logging.getLogger("edge_electra.train")
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -32,6 +34,7 @@ class Runtime:
     precision: str
     rank: int = 0
     world_size: int = 1
+    owns_group: bool = False           # this Runtime joined the process group, so it leaves it
 
     @property
     def is_main(self) -> bool:
@@ -42,9 +45,9 @@ class Runtime:
         return self.world_size > 1
 
     def log(self, message: str) -> None:
-        """Progress output, from the main process only."""
+        """Progress for a person (logged at INFO), from the main process only."""
         if self.is_main:
-            click.echo(message, err=True)
+            log.info(message)
 
     def autocast(self):
         if self.precision == "bf16":
@@ -66,12 +69,20 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return t.item() / self.world_size
 
+    def all_gather(self, value) -> list:
+        """`value` from every process, in rank order (any picklable object)."""
+        if not self.distributed:
+            return [value]
+        gathered = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        if self.distributed and torch.distributed.is_initialized():
+        if self.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
@@ -96,11 +107,12 @@ def setup(device: str = "auto", precision: str = "auto", threads: int = 0) -> Ru
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not torch.distributed.is_initialized():
+    joins = world > 1 and not torch.distributed.is_initialized()
+    if joins:
         torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
     if precision == "auto":
         precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
-    return Runtime(dev, precision, rank, world)
+    return Runtime(dev, precision, rank, world, owns_group=joins)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ together: loss = MLM + λ·RTD. Text is streamed and packed into full blocks; a 
 """
 from __future__ import annotations
 
-import time
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,13 @@ from edge_electra.data import read_text_lines
 from edge_electra.errors import ConfigError
 from edge_electra.train.model import Electra
 from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
-from edge_electra.train import curves, embed_distill, placement, state
+from edge_electra.train import curves, embed_distill, loop, placement
 from edge_electra.train.evaluate import roc_auc
 from edge_electra.train.optim import adamw, warmup_linear
 from edge_electra.train.options import config_from_cli, trained_tokenizer
 from edge_electra.train.packing import Packer, batches
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainConfig(placement.RunSettings):
@@ -124,8 +125,22 @@ class ReplacedTokenDetection(nn.Module):
                 "disc_logits": disc_logits.detach(), "replaced": replaced}
 
 
-def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
+def generator_origin(cfg: PretrainConfig) -> str:
+    """Where the generator's weights come from: a saved generator continues; otherwise it starts random,
+    sharing the discriminator's embeddings (ReplacedTokenDetection ties them). A trained discriminator's
+    layers cannot seed it: the generator is narrower."""
+    if not cfg.init:
+        return "random (trained from scratch with the discriminator)"
+    beside = Path(cfg.init).parent / "generator"
+    if beside.is_dir():
+        return f"continued from {beside}"
+    return (f"random layers with the discriminator's embeddings: no generator/ beside {cfg.init}; "
+            "its first samples are near-uniform tokens, easy to spot, until it learns the corpus")
+
+
+def build(cfg: PretrainConfig, log=None) -> tuple[Electra, Electra, Tokenizer]:
     """(discriminator, generator, tokenizer) from `init` or from scratch."""
+    say = log or (lambda message: logger.info(message))
     if cfg.init:
         discriminator, report = load_pretrained(cfg.init, task="discriminator", labels=[], slot_labels=[])
         tokenizer = load_tokenizer(cfg.tokenizer or report["source"])
@@ -136,7 +151,7 @@ def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
         if cfg.tokenizer:
             tokenizer = load_tokenizer(cfg.tokenizer)
         else:
-            log(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
+            say(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
             tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume)
         shape = model_preset(cfg.preset, **({"num_layers": cfg.num_layers} if cfg.num_layers else {}))
         discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
@@ -144,10 +159,11 @@ def build(cfg: PretrainConfig, log=print) -> tuple[Electra, Electra, Tokenizer]:
     if cfg.seq_len > discriminator.config.max_position:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's {discriminator.config.max_position} positions")
     generator = Electra(discriminator.config.generator(cfg.generator_ratio))
-    # A generator saved beside the discriminator (as `pretrain` writes them) continues too; else a fresh one.
-    beside = Path(cfg.init).parent / "generator" if cfg.init else None
-    if beside is not None and beside.is_dir():
-        generator, _ = load_pretrained(beside)
+    origin = generator_origin(cfg)
+    if origin.startswith("continued"):
+        generator, _ = load_pretrained(Path(cfg.init).parent / "generator")
+    elif cfg.init:
+        logger.warning("pretrain: the generator starts with %s", origin)
     return discriminator, generator, tokenizer
 
 
@@ -162,7 +178,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)   # the same initial weights in every process
     discriminator, generator, tokenizer = build(cfg, rt.log)
     model = ReplacedTokenDetection(discriminator, generator, [tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id],
                                    tokenizer.mask_id, cfg.mask_prob, cfg.rtd_weight)
@@ -175,87 +191,52 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
     model.to(rt.device)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay, eps=cfg.adam_eps)
     scheduler = warmup_linear(optimizer, cfg.warmup_steps, cfg.steps)
-    saved = state.load_state(out) if cfg.resume else None
-    step, stream = 0, None
-    if saved is not None:
-        state.restore(saved, modules={"model": model}, optimizer=optimizer, scheduler=scheduler)
-        step, stream = saved["step"], saved["data"]
-        rt.log(f"resumed from {out / state.STATE_FILE} at step {step}")
     if rt.is_main:
         dataclass_io.save(cfg, out / "config.toml")
         tokenizer.save_pretrained(out)
-        curves.keep_rows_until(out / "metrics.jsonl", step)
-    trainer = rt.wrap(torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model)
-    packer = Packer(cfg.corpus, tokenizer, cfg.seq_len, stream)
     rt.log(f"pretrain: discriminator {discriminator.num_parameters():,} params, generator "
-             f"{generator.num_parameters():,}; {cfg.steps} steps of {cfg.batch_size * rt.world_size}×{cfg.seq_len} "
-             f"tokens on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
+           f"{generator.num_parameters():,}; {cfg.steps} steps of {cfg.batch_size * rt.world_size}×{cfg.seq_len} "
+           f"tokens on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
 
-    def checkpoint(position):
-        if rt.is_main:
-            state.save_state(out, modules={"model": model}, optimizer=optimizer, scheduler=scheduler,
-                             step=step, data=position)
+    def step(trainer, input_ids, done):
+        result = trainer(input_ids.to(rt.device, non_blocking=True)) if cfg.rtd_weight else {"loss": 0.0}
+        if sentences is not None:
+            embed = model.embedding_distillation(discriminator.encoder, *(t.to(rt.device) for t in sentences(done)))
+            result = {**result, "embed": embed, "loss": result["loss"] + cfg.embed_weight * embed}
+        return result
 
-    window, window_start = [], time.perf_counter()
-    started = window_start
+    def stream(position):
+        return batches(Packer(cfg.corpus, tokenizer, cfg.seq_len, position), cfg.batch_size, rt.rank, rt.world_size)
+
+    settings = loop.LoopSettings(steps=cfg.steps, log_every=cfg.log_every, save_every=cfg.save_every,
+                                 max_grad_norm=cfg.max_grad_norm, time_limit_s=cfg.time_limit_s,
+                                 tokens_per_step=cfg.batch_size * cfg.seq_len)
     model.train()
-    for input_ids, position in batches(packer, cfg.batch_size, rt.rank, rt.world_size):
-        if step >= cfg.steps:
-            break
-        with rt.autocast():
-            result = trainer(input_ids.to(rt.device, non_blocking=True)) if cfg.rtd_weight else {"loss": 0.0}
-            if sentences is not None:
-                embed = model.embedding_distillation(discriminator.encoder,
-                                                     *(t.to(rt.device) for t in sentences(step)))
-                result = {**result, "embed": embed, "loss": result["loss"] + cfg.embed_weight * embed}
-        optimizer.zero_grad(set_to_none=True)
-        result["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        window.append(result)
-        out_of_time = False
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            _log_window(cfg, rt, out, step, window, time.perf_counter() - window_start, scheduler)
-            window, window_start = [], time.perf_counter()
-            # Checked where the processes already meet, and decided together: one stopping alone would
-            # leave the others waiting in their next all-reduce.
-            out_of_time = bool(cfg.time_limit_s) and rt.all_mean(float(window_start - started >= cfg.time_limit_s)) > 0
-        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
-            checkpoint(position)
-        if out_of_time:
-            rt.log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}; `--resume` continues from here")
-            break
-    rt.barrier()
+    loop.Loop(model, optimizer, scheduler, settings, rt, folder=out, resume=cfg.resume, seed=cfg.seed,
+              compile_mode=cfg.compile_mode if cfg.compile else None, summarize=_summarize,
+              metadata={"workflow": "pretrain", "generator": generator_origin(cfg)}).run(step, stream)
     final = out / "discriminator"
     if rt.is_main:
         save_pretrained(discriminator, final, tokenizer)
         save_pretrained(generator, out / "generator", tokenizer)
         if cfg.plot:
-            curves.plot(curves.read_rows(out / "metrics.jsonl"),
-                        ["loss", "mlm", "rtd", "gen_accuracy", "disc_accuracy", "disc_auc"], out / "curves.png",
-                        title="ELECTRA pre-training")
+            curves.plot(curves.read_rows(out / curves.METRICS_LOG),
+                        ["loss", "mlm", "rtd", "embed", "gen_accuracy", "disc_accuracy", "disc_auc"],
+                        out / "curves.png", title="ELECTRA pre-training")
         rt.log(f"discriminator checkpoint: {final}")
     return final
 
 
-def _log_window(cfg, rt, out, step, window, seconds, scheduler) -> None:
-    """Average the window's metrics over it (and over processes) and log them."""
-    row = {"step": step, "lr": scheduler.get_last_lr()[0],
-           **{k: rt.all_mean(float(np.mean([r[k].item() for r in window])))
-              for k in ("loss", "mlm", "rtd", "embed") if k in window[0]}}
+def _summarize(window: list[dict], step: int) -> dict[str, float]:
+    """The window's mean losses, and the generator's and the discriminator's accuracies over it."""
+    row = {k: v for k, v in loop.window_means(window).items() if k != "gen_correct"}
     if "disc_logits" in window[0]:
         logits = torch.cat([r["disc_logits"].flatten() for r in window]).cpu().numpy()
         replaced = torch.cat([r["replaced"].flatten() for r in window]).cpu().numpy()
-        row.update(gen_accuracy=rt.all_mean(float(np.mean([r["gen_correct"].item() for r in window]))),
-                   disc_accuracy=rt.all_mean(float(((logits > 0) == (replaced > 0.5)).mean())),
-                   disc_auc=rt.all_mean(roc_auc(logits, replaced)))
-    row |= {"steps_per_s": len(window) / seconds,
-            "tokens_per_s": len(window) * cfg.batch_size * cfg.seq_len * rt.world_size / seconds}
-    if rt.is_main:
-        curves.append_row(out / "metrics.jsonl", row)
-        rt.log(curves.format_row(row))
+        row.update(gen_accuracy=float(np.mean([r["gen_correct"].item() for r in window])),
+                   disc_accuracy=float(((logits > 0) == (replaced > 0.5)).mean()),
+                   disc_auc=roc_auc(logits, replaced))
+    return row
 
 
 @click.command("pretrain")
@@ -302,4 +283,5 @@ def command(corpus, config_file, **flags):
 
 
 if __name__ == "__main__":  # `torchrun -m edge_electra.train.pretrain ...`
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     command()

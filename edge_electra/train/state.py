@@ -1,10 +1,13 @@
 """Training-state checkpoints: model(s), optimizer, scheduler, RNG states and data position in one file.
 
 The file is replaced atomically, so a run killed at any moment leaves the previous complete state,
-and resuming from it continues exactly where that state was taken.
+and resuming from it continues exactly where that state was taken. It holds one set of RNG states per
+process (rank order): each process of a distributed run draws its own masks and dropout, and continues
+its own stream after a resume.
 """
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from edge_electra.atomic import atomic_file
 from edge_electra.errors import CheckpointError
 
 STATE_FILE = "state.pt"
+
+log = logging.getLogger(__name__)
 
 
 def rng_states() -> dict:
@@ -37,12 +42,13 @@ def set_rng_states(states: dict) -> None:
 
 
 def save_state(folder: str | Path, *, modules: dict[str, torch.nn.Module], optimizer, scheduler,
-               step: int, data: dict, extra: dict | None = None) -> Path:
-    """Write folder/state.pt atomically and return its path."""
+               step: int, data: dict, extra: dict | None = None, rng: list[dict] | None = None) -> Path:
+    """Write folder/state.pt atomically and return its path. `rng`: every process's `rng_states()` in
+    rank order (default: this process's alone); `scheduler` may be None."""
     path = Path(folder) / STATE_FILE
-    state = {"step": step, "data": data, "extra": extra or {}, "rng": rng_states(),
+    state = {"step": step, "data": data, "extra": extra or {}, "rng": rng or [rng_states()],
              "modules": {name: m.state_dict() for name, m in modules.items()},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None}
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -59,10 +65,21 @@ def load_state(folder: str | Path) -> dict | None:
         raise CheckpointError(f"{path} cannot be read ({e}); delete it to start the run over") from e
 
 
-def restore(state: dict, *, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> None:
-    """Put modules, optimizer, scheduler and RNGs back as they were when `state` was saved."""
-    for name, module in modules.items():
-        module.load_state_dict(state["modules"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_states(state["rng"])
+def restore(state: dict, *, modules: dict[str, torch.nn.Module], optimizer, scheduler,
+            rank: int = 0, world_size: int = 1) -> None:
+    """Put modules, optimizer, scheduler and this process's RNGs back as they were when `state` was saved."""
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"the training state does not fit this run ({e}); resume with the settings it was "
+                              f"saved with, or delete {STATE_FILE} (or pass --no-resume) to start over") from e
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    per_process = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older files: one
+    if len(per_process) == world_size:
+        set_rng_states(per_process[rank])
+    elif rank == 0:
+        log.warning("the state was saved by %d process(es), this run has %d: the random streams (masks, "
+                    "dropout) start afresh from the seed instead of continuing", len(per_process), world_size)
