@@ -87,3 +87,30 @@ def test_single_string_is_rejected():
     tok = Tokenizer.train(["hello world"], vocab_size=50)
     with pytest.raises(TypeError, match="list of strings"):
         tok("hello")
+
+
+def test_one_loader_for_folders_tokenizer_json_and_vocab_txt(tmp_path, vocab_file):
+    from edge_electra.errors import ConfigError
+    from edge_electra.runtime.tokenizer import load_tokenizer
+    texts = varied_strings()
+    reference = Tokenizer.from_vocab(vocab_file)
+    reference.save_pretrained(tmp_path / "both")            # tokenizer.json and vocab.txt
+    (tmp_path / "vocab-only").mkdir()
+    (tmp_path / "vocab-only" / "vocab.txt").write_text(Path(vocab_file).read_text())
+    for source in (tmp_path / "both", tmp_path / "both" / "tokenizer.json", tmp_path / "vocab-only",
+                   tmp_path / "vocab-only" / "vocab.txt"):
+        loaded = load_tokenizer(source, max_length=32)
+        assert loaded.max_length == 32, source
+        assert np.array_equal(loaded(texts, max_length=32).input_ids, reference(texts, max_length=32).input_ids)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither tokenizer.json nor vocab.txt"):
+        load_tokenizer(tmp_path / "empty")
+
+
+def test_word_ids_count_whitespace_words_whatever_the_normalizer_drops():
+    tok = Tokenizer.train(["turn on the lights, please"] * 5, vocab_size=60)
+    text = "turn\x1con the\u200b lights, \ufeff please"
+    encoded = tok([text])
+    words = text.split()
+    assert max(w for w in encoded.word_ids[0] if w is not None) == len(words) - 1
+    assert tok.tokenize("\ufeff") == [] and len(tok.tokenize(text)) == len(encoded.word_ids[0]) - 2

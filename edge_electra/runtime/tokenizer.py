@@ -28,7 +28,7 @@ class Encoded:
     token_type_ids: np.ndarray
     truncated: list[bool]
     # Per row and position: the index of the word (in split_words of the row's first text) the piece
-    # belongs to; None for special tokens, the paired text's pieces and padding.
+    # belongs to; None for special tokens and for the pieces of a paired text.
     word_ids: list[list[int | None]]
 
     @property
