@@ -27,7 +27,7 @@ from edge_electra.train.config import preset as model_preset
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.train.model import Electra
 from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
-from edge_electra.train import curves, labelled, placement, state
+from edge_electra.train import curves, labelled, loop, placement
 from edge_electra.train.evaluate import classification_report, slot_f1
 from edge_electra.train.optim import adamw, warmup_linear
 from edge_electra.train.options import config_from_cli, trained_tokenizer
@@ -228,99 +228,62 @@ def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
     optimizer = adamw(student, cfg.lr, cfg.weight_decay, eps=1e-8)
     scheduler = warmup_linear(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    progress = {"step": 0, "best_accuracy": -1.0, "best_step": 0, "stale": 0}
-    saved = state.load_state(out) if cfg.resume else None
-    if saved is not None:
-        state.restore(saved, modules={"student": student}, optimizer=optimizer, scheduler=scheduler)
-        progress = saved["extra"]
-        rt.log(f"resumed from {out / state.STATE_FILE} at step {progress['step']}")
-    log_path = out / "metrics.jsonl"
-    if rt.is_main:
-        curves.keep_rows_until(log_path, progress["step"])
-    trainer = rt.wrap(torch.compile(student) if cfg.compile else student)
-    eval_every = cfg.eval_every or steps_per_epoch
     rt.log(f"{'distil' if distilling else 'fine-tune'}: {len(texts)} examples, {model.num_parameters():,} params, "
-             f"{total_steps} steps on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
+           f"{total_steps} steps on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
 
-    def checkpoint():
-        if rt.is_main:
-            state.save_state(out, modules={"student": student}, optimizer=optimizer, scheduler=scheduler,
-                             step=progress["step"], data={"step": progress["step"]}, extra=progress)
-
-    window, window_start, stop = [], time.perf_counter(), False
-    student.train()
-    while progress["step"] < total_steps and not stop:
-        epoch, index = divmod(progress["step"], steps_per_epoch)
-        order = torch.from_numpy(np.random.default_rng(cfg.seed + epoch).permutation(len(texts)))
-        rows = order[index * per_step + rt.rank * cfg.batch_size:][:cfg.batch_size]
+    def step(trainer, rows, done):
         batch = {k: v.to(rt.device) for k, v in labelled.take(tensors, rows).items()}
         soft = {k: v[rows].to(rt.device) for k, v in teacher.items()} if teacher else None
-        with rt.autocast():
-            logits, projected = trainer(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        logits, projected = trainer(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         terms = loss_terms(cfg, logits, projected, batch, soft)
-        loss = total_loss(cfg, terms, distilling)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        progress["step"] += 1
-        window.append({"loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
-        step = progress["step"]
-        if rt.is_main and (step % cfg.log_every == 0 or step == total_steps):
-            row = {"step": step, "epoch": step / steps_per_epoch, "lr": scheduler.get_last_lr()[0],
-                   **{k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]},
-                   "steps_per_s": len(window) / (time.perf_counter() - window_start)}
-            curves.append_row(log_path, row)
-            rt.log(curves.format_row(row))
-            window, window_start = [], time.perf_counter()
-        if step % eval_every == 0 or step == total_steps:
-            stop = _validate(cfg, rt, model, tokenizer, evals["validation"], splits["validation"], progress, out, log_path)
-            stop = rt.all_mean(float(stop)) > 0
-            checkpoint()
-        elif step % cfg.save_every == 0:
-            checkpoint()
-    rt.barrier()
-    return _finish(cfg, rt, splits, evals, out, log_path, started, distilling)
+        return {"loss": total_loss(cfg, terms, distilling), **terms}
+
+    def shuffled(position):
+        """Each epoch a fresh order of the texts; each process takes its slice of every global batch."""
+        done = position["step"] if position else 0
+        while True:
+            epoch, index = divmod(done, steps_per_epoch)
+            order = torch.from_numpy(np.random.default_rng(cfg.seed + epoch).permutation(len(texts)))
+            done += 1
+            yield order[index * per_step + rt.rank * cfg.batch_size:][:cfg.batch_size], {"step": done}
+
+    def validate():
+        report = evaluate(model, evals["validation"], splits["validation"], rt)
+        return report["accuracy"], report
+
+    settings = loop.LoopSettings(steps=total_steps, log_every=cfg.log_every, save_every=cfg.save_every,
+                                 eval_every=cfg.eval_every or steps_per_epoch, patience=cfg.patience,
+                                 max_grad_norm=1.0)
+    student.train()
+    outcome = loop.Loop(student, optimizer, scheduler, settings, rt, folder=out, resume=cfg.resume, seed=cfg.seed,
+                        compile_mode="default" if cfg.compile else None, evaluate=validate,
+                        keep_best=lambda _: save_pretrained(model, out / "best", tokenizer),
+                        summarize=lambda window, done: {"epoch": done / steps_per_epoch, **loop.window_means(window)},
+                        metadata={"workflow": "distill" if distilling else "finetune"}).run(step, shuffled)
+    return _finish(cfg, rt, splits, evals, outcome, started)
 
 
-def _validate(cfg, rt, model, tokenizer, tensors, dataset, progress, out, log_path) -> bool:
-    """Evaluate, keep the best checkpoint; True when patience has run out."""
-    if not rt.is_main:
-        return False  # the main process decides for all
-    report = evaluate(model, tensors, dataset, rt)
-    step = progress["step"]
-    curves.append_row(log_path, {"step": step, **{f"val_{k}": v for k, v in report.items() if k != "per_class"}})
-    rt.log(f"validation at step {step}: accuracy={report['accuracy']:.4f} macro_f1={report['macro_f1']:.4f}"
-             + (f" oos_recall={report['oos_recall']:.4f}" if "oos_recall" in report else ""))
-    if report["accuracy"] > progress["best_accuracy"]:
-        progress.update(best_accuracy=report["accuracy"], best_step=step, stale=0, best_validation=report)
-        save_pretrained(model, out / "best", tokenizer)
-    else:
-        progress["stale"] += 1
-    return bool(cfg.patience) and progress["stale"] >= cfg.patience
-
-
-def _finish(cfg, rt, splits, evals, out, log_path, started, distilling) -> Path:
+def _finish(cfg, rt, splits, evals, outcome: loop.LoopState, started: float) -> Path:
+    out = Path(cfg.out)
     best = out / "best"
     if not rt.is_main:
         return best
-    progress = state.load_state(out)["extra"]
-    metrics = {"workflow": "distill" if distilling else "finetune", "teacher": cfg.teacher,
-               "best_step": progress["best_step"], "train_examples": len(splits["train"]),
-               "validation": progress["best_validation"]}
+    metrics = {"workflow": "distill" if cfg.teacher else "finetune", "teacher": cfg.teacher,
+               "best_step": outcome.best_step, "train_examples": len(splits["train"]),
+               "validation": outcome.best_report}
     if "test" in splits:
         model, _ = load_pretrained(best)
         metrics["test"] = evaluate(model.to(rt.device), evals["test"], splits["test"], rt)
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
     with_atomic_json(out / "metrics.json", metrics)
     if cfg.plot:
-        curves.plot(curves.read_rows(log_path), ["loss", "kd", "ce", "val_accuracy", "val_macro_f1", "val_oos_recall"],
+        curves.plot(curves.read_rows(out / curves.METRICS_LOG),
+                    ["loss", "kd", "ce", "val_accuracy", "val_macro_f1", "val_oos_recall"],
                     out / "curves.png", title=f"{metrics['workflow']} — {Path(cfg.data).name}")
     summary = {k: round(v, 4) for k, v in metrics.get("test", metrics["validation"]).items()
                if k in ("accuracy", "macro_f1", "oos_recall", "slot_f1")}
     rt.log(f"best checkpoint {best} (step {metrics['best_step']}); "
-             f"{'test' if 'test' in metrics else 'validation'}: {summary}; {metrics['wall_time_s']} s")
+           f"{'test' if 'test' in metrics else 'validation'}: {summary}; {metrics['wall_time_s']} s")
     return best
 
 
