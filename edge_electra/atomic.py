@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import logging
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+log = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
@@ -94,7 +96,8 @@ def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[None]:
     """An advisory lock on `folder` itself, so no lock file is left behind (a read-only disk can take it too).
 
     Writers take it exclusively for the moment they swap an entry of the folder; readers take it shared while
-    they read one. A reader that cannot open the folder (no read permission, or no such folder) goes without.
+    they read one. A reader that cannot open the folder (no read permission, or no such folder) goes without,
+    and so does anyone on a file system without locks: pid-tagged names still keep writers apart.
     """
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -104,7 +107,10 @@ def folder_lock(folder: str | Path, shared: bool = False) -> Iterator[None]:
         fd = None
     try:
         if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            except OSError as e:   # ENOLCK, or EBADF on NFS for a read-only descriptor
+                log.debug("no lock on %s (%s); going on without", folder, e.strerror)
         yield
     finally:
         if fd is not None:

@@ -191,3 +191,12 @@ def test_writers_clean_up_after_dead_writers_only(tmp_path, tokenizer):
     assert Bundle.load(dest).manifest.labels == ["lights", "music"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")) == [live.name]
 
+
+
+def test_where_folders_cannot_be_exchanged_two_renames_under_the_lock_do(tmp_path, tokenizer, monkeypatch):
+    from edge_electra import atomic
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)   # a system without RENAME_EXCHANGE
+    small_bundle(tmp_path / "b", tokenizer, labels=("old", "labels"))
+    small_bundle(tmp_path / "b", tokenizer)
+    assert Bundle.load(tmp_path / "b").manifest.labels == ["lights", "music"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
