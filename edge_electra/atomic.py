@@ -1,9 +1,10 @@
 """Atomic writes: readers see the old file or folder, or the complete new one, never a partial one.
 
 Folders are swapped under an exclusive lock on their parent folder (`folder_lock`); readers that take it
-shared (Bundle.load, Predictor.load) see no swap while they read. Only writers clean up. Every temporary name carries its writer's pid (`.NAME.PID-RANDOM.tmp`), and a sweep
-removes only what dead processes left, matched by exact name, so it never touches a live writer's files or
-another path's. Readers never write: a bundle on a read-only disk loads with leftovers beside it.
+shared (Bundle.load, Predictor.load) see no swap while they read. Only writers clean up. Every temporary name
+carries its writer's pid (`.NAME.PID-RANDOM.tmp`), and a sweep removes only what dead processes left, matched
+by exact name, so it never touches a live writer's files or another path's. Readers never write: a bundle on
+a read-only disk loads with leftovers beside it.
 """
 from __future__ import annotations
 

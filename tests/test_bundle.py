@@ -152,7 +152,8 @@ def input_shape(shape):
 
 # The manifest values of issue 12's table, each refused at load with a BundleError saying what is wrong.
 BAD_VALUES = {
-    "threads 10^6": (edited(lambda raw: raw["runtime"].update(threads=10**6)), r"runtime.threads is 1000000; .*0 to 256"),
+    "threads 10^6": (edited(lambda raw: raw["runtime"].update(threads=10**6)),
+                     r"runtime.threads is 1000000; .*0 to 256"),
     "threads 5000": (edited(lambda raw: raw["runtime"].update(threads=5000)), r"runtime.threads is 5000"),
     "max_batch <= 0": (edited(lambda raw: raw["runtime"].update(max_batch=0)), r"runtime.max_batch is 0; .*1 to 4096"),
     "batch dimension 10^9": (edited(input_shape([[1, 10**9], [1, 128]])),
