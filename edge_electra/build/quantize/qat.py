@@ -2,22 +2,23 @@
 
 Every Linear gets fake quantization: its weight per output channel (symmetric, as ONNX Runtime quantizes
 MatMul weights) and its input per tensor with a running abs-max range. Rounding uses the straight-through
-estimator. The loss is KL(frozen FP32 copy || student) on temperature-softened logits, plus cross-entropy
-when labels are given. Every `eval_every` steps the student's top-1 agreement with the FP32 model is
-measured on held-out texts, and the best state is kept; the first candidate is the untrained student with
+estimator. The loss is KL(frozen FP32 copy || student) on temperature-softened logits, the intent's and, for
+a joint model, the slot tags', plus cross-entropy when labels are given. It trains on the one training loop
+(train/loop.py). Every `eval_every` steps the student's top-1 agreement with the FP32 model is measured on
+held-out texts, and the best state is kept; the first candidate is the untrained student with
 only its ranges observed, so QAT never returns less agreement than that. The result is exported to the
 same Q/DQ ONNX as post-training quantization, with the learned ranges pinned on the Linear inputs.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import random
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,10 @@ from edge_electra.data import Dataset
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.build.export import ExportConfig, export_onnx
 from edge_electra.build.quantize.static import WEIGHTED_OPS, StaticQuantConfig, quantize_static
+from edge_electra.train.loop import Loop, LoopSettings
+from edge_electra.train.placement import Runtime
+
+log = logging.getLogger(__name__)
 
 QMAX = 127
 
@@ -38,6 +43,7 @@ class QATConfig:
     lr: float = 5e-5
     temperature: float = 1.0         # 1 keeps the student's top-1 closest to the FP32 model's
     label_weight: float = 0.5        # weight of cross-entropy on labels (when the data has them)
+    slot_weight: float = 1.0         # weight of the slot tags' distillation term (joint models)
     range_momentum: float = 0.95     # running abs-max of each Linear input
     max_length: int = 64
     seed: int = 0
@@ -122,10 +128,12 @@ def _export_plan(onnx_path: Path, ranges: dict[str, float], quant: StaticQuantCo
 
 
 def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[dict[str, np.ndarray]],
-        config: QATConfig = QATConfig(), quant: StaticQuantConfig = StaticQuantConfig()) -> Path:
+        config: QATConfig = QATConfig(), quant: StaticQuantConfig = StaticQuantConfig(),
+        progress: Callable[[int, int], None] | None = None) -> Path:
     """Fine-tune with fake quantization and write the Q/DQ INT8 ONNX model to `out_onnx`.
 
     `train_data` is a Dataset (labels used when present) or a list of texts (pure self-distillation).
+    `progress(step, steps)` is called after each training step.
     """
     if isinstance(checkpoint_or_model, (str, Path)):
         from edge_electra.train.checkpoint import load_pretrained
@@ -153,7 +161,7 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
 
     held_feeds = encode(held)
     with torch.no_grad():
-        held_log_probs = F.log_softmax(_first(teacher(**held_feeds)), -1)
+        held_targets = teacher(**held_feeds)
 
     def observers(on: bool) -> None:
         # Never dropout: the student is to match the deterministic FP32 model. Only the range observers train.
@@ -161,54 +169,46 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
         for module in wrapped.values():
             module.train(on)
 
-    def agreement() -> tuple[float, float]:
-        """Held-out top-1 agreement with the FP32 model, then (to break ties) minus the KL divergence from it."""
+    def agreement() -> tuple[tuple[float, float], dict]:
+        """Held-out top-1 agreement with the FP32 model (the lower of intent and slot tags for a joint model),
+        then, to break ties, minus the KL divergence from it."""
         observers(False)
         with torch.no_grad():
-            logits = _first(model(**held_feeds))
-            kl = F.kl_div(F.log_softmax(logits, -1), held_log_probs, log_target=True, reduction="batchmean")
-            return (logits.argmax(-1) == held_log_probs.argmax(-1)).float().mean().item(), -kl.item()
+            report = agreement_with(model(**held_feeds), held_targets, held_feeds["attention_mask"])
+        return (min(v for k, v in report.items() if k != "kl"), -report["kl"]), report
 
-    order: list[int] = []
+    def batches():
+        order: list[int] = []
+        while True:
+            if len(order) < config.batch_size:
+                order += rng.sample(train, len(train))
+            batch, order = order[:config.batch_size], order[config.batch_size:]
+            yield batch, {}
 
-    def next_batch() -> list[int]:
-        nonlocal order
-        if len(order) < config.batch_size:
-            order += rng.sample(train, len(train))
-        batch, order = order[:config.batch_size], order[config.batch_size:]
-        return batch
-
-    with click.progressbar(length=config.observe_steps + config.steps, label="quantization-aware training",
-                           file=sys.stderr) as bar:
+    def step(student, batch, done):
         observers(True)
+        feeds = encode(batch)
+        with torch.no_grad():
+            target = teacher(**feeds)
+        output = student(**feeds)
+        loss = distillation_loss(output, target, feeds["attention_mask"], config.temperature, config.slot_weight)
+        if labels is not None and config.label_weight:
+            loss = loss + config.label_weight * F.cross_entropy(_intent(output), torch.tensor([labels[i] for i in batch]))
+        return {"loss": loss}
+
+    stream = batches()
+    observers(True)
+    with torch.no_grad():
         for _ in range(config.observe_steps):
-            with torch.no_grad():
-                model(**encode(next_batch()))
-            bar.update(1)
-        best = (agreement(), 0, copy.deepcopy(model.state_dict()))
-        for step in range(1, config.steps + 1):
-            observers(True)
-            batch = next_batch()
-            feeds = encode(batch)
-            with torch.no_grad():
-                target = _first(teacher(**feeds))
-            logits = _first(model(**feeds))
-            t = config.temperature
-            loss = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(target / t, -1),
-                            log_target=True, reduction="batchmean") * t * t
-            if labels is not None and config.label_weight:
-                loss = loss + config.label_weight * F.cross_entropy(logits, torch.tensor([labels[i] for i in batch]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step % config.eval_every == 0 or step == config.steps:
-                score = agreement()
-                if score > best[0]:
-                    best = (score, step, copy.deepcopy(model.state_dict()))
-            bar.update(1)
-    model.load_state_dict(best[2])
-    click.echo(f"QAT: kept step {best[1]} of {config.steps}, held-out top-1 agreement with FP32 "
-               f"{100 * best[0][0]:.1f}% on {len(held)} texts", err=True)
+            model(**encode(next(stream)[0]))
+    settings = LoopSettings(steps=config.steps, log_every=config.eval_every, eval_every=config.eval_every,
+                            evaluate_first=True)
+    outcome = Loop(model, optimizer, None, settings, Runtime(torch.device("cpu"), "fp32"), seed=config.seed,
+                   evaluate=agreement, progress=progress).run(step, lambda position: stream)
+    model.load_state_dict(outcome.best_state)
+    log.info("QAT: kept step %d of %d, held-out top-1 agreement with FP32 %s on %d texts", outcome.best_step,
+             config.steps, ", ".join(f"{k} {100 * v:.1f}%" for k, v in outcome.best_report.items() if k != "kl"),
+             len(held))
     ranges = {name: float(m.input_absmax) for name, m in wrapped.items()}
     remove_fake_quant(model)
     model.eval()
@@ -218,5 +218,39 @@ def qat(checkpoint_or_model, train_data, tokenizer, out_onnx, calibration: list[
         return quantize_static(fp32, out_onnx, calibration, quant, range_overrides=overrides)
 
 
-def _first(output):
+def _intent(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _slots(output):
+    return output[1] if isinstance(output, tuple) else None
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher ‖ student) of the softened distributions over the last axis, one value per row (or token)."""
+    return F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                    log_target=True, reduction="none").sum(-1)
+
+
+def distillation_loss(student, teacher, attention_mask: torch.Tensor, temperature: float = 1.0,
+                      slot_weight: float = 1.0) -> torch.Tensor:
+    """T²·KL(teacher ‖ student) on softened logits: the intent's per utterance, plus, for a joint model, the
+    slot tags' per real (unpadded) token, so that quantization cannot cost the tagging unseen."""
+    t2 = temperature * temperature
+    loss = _kl(_intent(student), _intent(teacher), temperature).mean() * t2
+    if _slots(student) is not None:
+        real = attention_mask.bool()
+        loss = loss + slot_weight * _kl(_slots(student), _slots(teacher), temperature)[real].mean() * t2
+    return loss
+
+
+def agreement_with(student, teacher, attention_mask: torch.Tensor) -> dict[str, float]:
+    """Top-1 agreement of intents (and of slot tags on real tokens, for a joint model) and the summed KL."""
+    report = {"agreement": (_intent(student).argmax(-1) == _intent(teacher).argmax(-1)).float().mean().item(),
+              "kl": _kl(_intent(student), _intent(teacher)).mean().item()}
+    if _slots(student) is not None:
+        real = attention_mask.bool()
+        same = _slots(student).argmax(-1) == _slots(teacher).argmax(-1)
+        report["slot_agreement"] = same[real].float().mean().item()
+        report["kl"] += _kl(_slots(student), _slots(teacher))[real].mean().item()
+    return report
