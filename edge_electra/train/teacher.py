@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from edge_electra.errors import CheckpointError, ConfigError
 from edge_electra.runtime.tokenizer import Tokenizer
 
 BACKENDS = ("auto", "edge_electra", "transformers")
+
+logger = logging.getLogger(__name__)
 
 
 def _backend(folder: Path, backend: str) -> str:
@@ -80,8 +83,9 @@ def _fingerprint(folder: Path, texts: list[str], settings: dict) -> str:
 
 def teacher_outputs(source: str, texts: list[str], labels: list[str], cache_dir: Path, *, backend: str = "auto",
                     max_length: int = 64, with_hidden: bool = False, batch_size: int = 64,
-                    log=print) -> dict[str, np.ndarray]:
+                    log=None) -> dict[str, np.ndarray]:
     """{"logits": (N, C) in the student's label order[, "hidden": (N, teacher layers + 1, H) [CLS] states]}."""
+    log = log or logger.info
     folder = resolve(source)
     key = _fingerprint(folder, texts, {"max_length": max_length, "hidden": with_hidden, "labels": labels,
                                        "backend": backend})
