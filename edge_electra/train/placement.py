@@ -4,28 +4,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from edge_electra.cli_options import option_field
 from edge_electra.errors import ConfigError
 
 log = logging.getLogger("edge_electra.train")
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 
 @dataclass(kw_only=True)
 class RunSettings:
-    """Where and how a training workflow runs; every workflow's config includes these."""
-    seed: int = 0
-    device: str = "auto"               # auto: CUDA when torch sees a GPU
-    precision: str = "auto"            # auto: bf16 on a bf16-capable GPU, else fp32
-    compile: bool = False              # torch.compile the model
-    threads: int = 0                   # CPU threads; 0: torch's default
-    resume: bool = True                # continue from OUT/state.pt if present
-    plot: bool = True                  # write curves.png at the end
+    """Where and how a training workflow runs; every workflow's config includes these (and their flags)."""
+    seed: int = option_field(0, help="Seed of the weights and the data order (each process adds its rank).")
+    device: Device = option_field("auto", help="auto: CUDA when torch sees a GPU.")
+    precision: Precision = option_field("auto", help="auto: bf16 on a bf16-capable GPU, else fp32.")
+    compile: bool = option_field(False, help="torch.compile the model.")
+    threads: int = option_field(0, help="CPU threads (0: torch's default).")
+    resume: bool = option_field(True, help="Continue from OUT/state.pt if present.")
+    plot: bool = option_field(True, help="Write curves.png at the end.")
 
 
 @dataclass

@@ -8,8 +8,9 @@ together: loss = MLM + λ·RTD. Text is streamed and packed into full blocks; a 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import click
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_electra import dataclass_io
+from edge_electra.cli_options import dataclass_options, option_field
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset as model_preset
 from edge_electra.data import read_text_lines
@@ -34,35 +36,43 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PretrainConfig(placement.RunSettings):
-    """Defaults follow the ELECTRA-Small recipe of the paper (Table 6)."""
-    corpus: list[str] = field(default_factory=list)   # text files (one utterance a line) or JSONL with "text"
-    out: str = "runs/pretrain"
-    init: str | None = None            # continue from this discriminator checkpoint (domain adaptation)
-    preset: str = "small"              # the shape of a model trained from scratch
-    num_layers: int | None = None      # fewer encoder layers than the preset (from scratch only)
-    tokenizer: str | None = None       # vocab.txt, tokenizer.json or a folder; default: init's, else trained
-    vocab_size: int = 30522            # for a tokenizer trained from the corpus
-    generator_ratio: float = 0.25      # generator width / discriminator width
-    mask_prob: float = 0.15
-    rtd_weight: float = 50.0           # λ
-    seq_len: int = 128
-    batch_size: int = 128              # per process
-    steps: int = 1_000_000
-    lr: float = 5e-4
-    warmup_steps: int = 10_000
-    weight_decay: float = 0.01
-    adam_eps: float = 1e-6
-    max_grad_norm: float = 1.0
-    save_every: int = 1000
-    log_every: int = 100
-    compile_mode: str = "default"      # torch.compile mode; "reduce-overhead" also captures CUDA graphs
-    time_limit_s: float = 0.0          # stop cleanly (state + weights) at the first log step after this; 0: never
-    embed_teacher: str | None = None   # sentence-embedding teacher (BERT-layout folder or hub id), see embed_distill
-    embed_weight: float = 1.0          # weight of its 1 − cosine term; rtd_weight 0 trains this term alone
-    embed_sentences: int = 50_000      # corpus sentences with cached teacher embeddings
-    embed_batch_size: int = 64
-    embed_max_length: int = 64
-    embed_cache: str | None = None     # folder of the cached teacher embeddings (default: OUT/teacher_cache)
+    """Defaults follow the ELECTRA-Small recipe of the paper (Table 6). Each field is also a flag."""
+    corpus: list[str] = option_field(default_factory=list, hidden=True,
+                                     help="Text files (one utterance a line) or JSONL with 'text'.")
+    out: str = option_field("runs/pretrain", help="Run folder (state, metrics, final checkpoints).")
+    init: str | None = option_field(None, help="Continue from this discriminator checkpoint (domain adaptation).")
+    preset: str = option_field("small", help="Model shape when training from scratch: small, mini, tiny or base.")
+    num_layers: int | None = option_field(
+        None, help="Encoder layers of a model trained from scratch (default: the preset's).")
+    tokenizer: str | None = option_field(None, names=("--tokenizer", "--vocab"),
+                                         help="vocab.txt, tokenizer.json or folder (default: init's, else trained).")
+    vocab_size: int = option_field(30522, help="Size of a vocabulary trained from the corpus.")
+    generator_ratio: float = option_field(0.25, help="Generator width / discriminator width.")
+    mask_prob: float = option_field(0.15, help="Share of the tokens the generator fills in.")
+    rtd_weight: float = option_field(50.0, help="λ, the weight of the replaced-token-detection loss.")
+    seq_len: int = option_field(128, help="Tokens per packed block.")
+    batch_size: int = option_field(128, help="Sequences per step and process.")
+    steps: int = option_field(1_000_000, help="Optimizer steps.")
+    lr: float = option_field(5e-4, help="Peak learning rate.")
+    warmup_steps: int = option_field(10_000, help="Steps of linear warm-up (then linear decay to 0).")
+    weight_decay: float = option_field(0.01, help="AdamW weight decay (not on biases and LayerNorm).")
+    adam_eps: float = option_field(1e-6, help="AdamW epsilon.")
+    max_grad_norm: float = option_field(1.0, help="Gradient clipping norm.")
+    save_every: int = option_field(1000, help="Steps between state checkpoints.")
+    log_every: int = option_field(100, help="Steps between logged metric rows.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = option_field(
+        "default", help="torch.compile mode; reduce-overhead also captures CUDA graphs.")
+    time_limit_s: float = option_field(0.0, names=("--time-limit",), help=(
+        "Seconds after which to stop cleanly at the next log step, saving the state and the weights (0: no limit)."))
+    embed_teacher: str | None = option_field(None, help=(
+        "Also distil this sentence-embedding model's mean-pooled embeddings of the corpus sentences into the "
+        "[CLS] state (e.g. all-MiniLM-L6-v2)."))
+    embed_weight: float = option_field(1.0, help="Weight of the embedding term (with --rtd-weight 0: it alone).")
+    embed_sentences: int = option_field(50_000, help="Corpus sentences embedded by the teacher (once, cached).")
+    embed_batch_size: int = option_field(64, help="Sentences per step for the embedding term.")
+    embed_max_length: int = option_field(64, help="Tokens per sentence for the embedding term.")
+    embed_cache: str | None = option_field(
+        None, help="Folder of the cached teacher embeddings (default: OUT/teacher_cache).")
 
     def __post_init__(self):
         if not 0 < self.mask_prob < 1:
@@ -243,40 +253,7 @@ def _summarize(window: list[dict], step: int) -> dict[str, float]:
 @click.argument("corpus", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A TOML/JSON PretrainConfig; flags override it.")
-@click.option("--out", help="Run folder (state, metrics, final checkpoints).")
-@click.option("--init", help="Continue from this discriminator checkpoint (domain adaptation).")
-@click.option("--preset", help="Model shape when training from scratch: small, tiny or base.")
-@click.option("--num-layers", type=int, help="Encoder layers of a model trained from scratch (default: the preset's).")
-@click.option("--tokenizer", "--vocab", "tokenizer", help="vocab.txt, tokenizer.json or folder (default: trained).")
-@click.option("--vocab-size", type=int, help="Size of a vocabulary trained from the corpus.")
-@click.option("--generator-ratio", type=float)
-@click.option("--mask-prob", type=float)
-@click.option("--rtd-weight", type=float, help="λ, the weight of the replaced-token-detection loss.")
-@click.option("--seq-len", type=int)
-@click.option("--batch-size", type=int, help="Sequences per step and process.")
-@click.option("--steps", type=int)
-@click.option("--lr", type=float)
-@click.option("--warmup-steps", type=int)
-@click.option("--weight-decay", type=float)
-@click.option("--save-every", type=int)
-@click.option("--log-every", type=int)
-@click.option("--seed", type=int)
-@click.option("--device", type=click.Choice(list(placement.DEVICES)))
-@click.option("--precision", type=click.Choice(list(placement.PRECISIONS)))
-@click.option("--compile/--no-compile", default=None, help="torch.compile the training step.")
-@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]))
-@click.option("--threads", type=int, help="CPU threads (0: torch's default).")
-@click.option("--resume/--no-resume", default=None, help="Continue from OUT/state.pt if present.")
-@click.option("--plot/--no-plot", default=None, help="Write curves.png at the end.")
-@click.option("--time-limit", "time_limit_s", type=float,
-              help="Seconds after which to stop cleanly at the next log step, saving the state and the weights "
-                   "(0: no limit).")
-@click.option("--embed-teacher", help="Also distil this sentence-embedding model's mean-pooled embeddings of the "
-                                      "corpus sentences into the [CLS] state (e.g. all-MiniLM-L6-v2).")
-@click.option("--embed-weight", type=float, help="Weight of the embedding term (with --rtd-weight 0: it alone).")
-@click.option("--embed-sentences", type=int, help="Corpus sentences embedded by the teacher (once, cached).")
-@click.option("--embed-batch-size", type=int, help="Sentences per step for the embedding term.")
-@click.option("--embed-cache", help="Folder of the cached teacher embeddings (default: OUT/teacher_cache).")
+@dataclass_options(PretrainConfig, exclude=("corpus",), overlay=True)
 def command(corpus, config_file, **flags):
     """Pre-train an ELECTRA discriminator on CORPUS files; run under torchrun for several GPUs."""
     click.echo(pretrain(config_from_cli(PretrainConfig, config_file, {"corpus": corpus, **flags})))
