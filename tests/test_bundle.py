@@ -91,6 +91,15 @@ def test_manifest_cannot_point_outside(bundle):
         Bundle.load(bundle)
 
 
+def test_a_listed_file_linked_outside_the_bundle_is_refused(bundle, tmp_path):
+    # The hash matches (it is the same bytes), so only the link check keeps a runtime from reading outside.
+    outside = tmp_path / "outside.onnx"
+    os.replace(bundle / "model.onnx", outside)
+    os.symlink(outside, bundle / "model.onnx")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.load(bundle)
+
+
 def test_failed_rewrite_keeps_the_old_bundle(bundle, tmp_path, tokenizer):
     before = (bundle / "manifest.json").read_text()
     with pytest.raises(FileNotFoundError):

@@ -220,6 +220,9 @@ class Bundle:
                               "rebuild the bundle")
         for name, expected in self.manifest.files.items():
             file = self.path / name
+            if file.is_symlink() and self.path.resolve() not in file.resolve().parents:
+                raise BundleError(f"{file} is a link to {file.resolve()}, outside the bundle; a bundle holds "
+                                  "its own files: copy the file in, or rebuild the bundle")
             if not file.is_file():
                 raise BundleError(f"{file} is missing from the bundle")
             try:
