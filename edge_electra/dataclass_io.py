@@ -82,7 +82,11 @@ def save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     data = to_dict(obj)
     if path.suffix == ".toml":
-        import tomli_w  # build-side dependency: devices only read configs
+        try:
+            import tomli_w  # build-side dependency: devices only read configs
+        except ImportError:
+            raise ConfigError(f"writing {path} needs tomli-w, a build-side dependency: "
+                              "pip install 'edge-electra[train]', or write JSON instead") from None
         text = tomli_w.dumps(data)
     else:
         text = json.dumps(data, indent=2) + "\n"
