@@ -113,23 +113,23 @@ def test_hugging_face_teacher_logits_follow_the_students_label_order(tmp_path):
     tok.save_pretrained(tmp_path / "hf")
     texts = ["play some music", "weather in paris"]
     out = teacher_module.teacher_outputs(str(tmp_path / "hf"), texts, ["alarm", "music", "weather"],
-                                         tmp_path / "cache", with_hidden=True, log=lambda m: None)
+                                         tmp_path / "cache", log=lambda m: None)
     enc = tok(texts, max_length=64)
     with torch.no_grad():
         ref = hf(**{k: torch.from_numpy(v) for k, v in enc.arrays().items()}).logits.numpy()
     assert np.allclose(out["logits"], ref[:, [1, 2, 0]], atol=1e-5)
-    assert out["hidden"].shape == (2, 2, 16)
+    assert set(out) == {"logits"}  # no slot head, no slot logits
 
 
 def test_loss_terms_kd_vanishes_when_student_matches_teacher():
     cfg = DistillConfig(data="unused", teacher="t", temperature=3.0)
     logits = torch.randn(4, 5)
     batch = {"labels": torch.tensor([0, IGNORE, 2, IGNORE])}
-    terms = loss_terms(cfg, logits, None, batch, {"logits": logits.clone()})
+    terms = loss_terms(cfg, logits, {}, batch, {"logits": logits.clone()})
     assert terms["kd"].abs() < 1e-6
     expected_ce = torch.nn.functional.cross_entropy(logits[[0, 2]], torch.tensor([0, 2]))
     assert torch.allclose(terms["ce"], expected_ce)
-    assert loss_terms(cfg, logits, None, {"labels": torch.full((4,), IGNORE)}, None) == {}
+    assert loss_terms(cfg, logits, {}, {"labels": torch.full((4,), IGNORE)}, None) == {}
 
 
 def test_slot_tags_sit_on_each_words_first_piece():

@@ -175,6 +175,10 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
         manifest.candidates = [dataclass_io.to_dict(c) for c in candidates]
         manifest.runtime = {**compiled.runtime, "max_batch": profile.batch.max,
                             "target_profile": dataclass_io.to_dict(profile)}
+        # The out-of-scope threshold training chose on validation (distill/finetune) is the Predictor's default.
+        threshold = json.loads((folder / "config.json").read_text()).get("edge_electra", {}).get("oos_threshold")
+        if threshold is not None:
+            manifest.runtime["oos_threshold"] = threshold
         report = work / REPORT
         report.write_text(json.dumps({"chosen": chosen.precision, "candidates": manifest.candidates,
                                       **compiled.report}, indent=2, default=str) + "\n")

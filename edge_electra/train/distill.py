@@ -1,12 +1,19 @@
 """Distil a teacher into an ELECTRA student, or fine-tune one on labels alone (`finetune` = no teacher).
 
-Loss = ce_weight·CE(hard labels) + kd_weight·T²·KL(teacher/T ‖ student/T) + hidden_weight·MSE of the
-students' [CLS] states, projected by learned linear maps, against the teacher's (layers evenly mapped),
-plus the slot CE when the data has tags (joint intent + slot model). Without a teacher: CE only.
-Evaluates on the validation split, keeps the best checkpoint (by accuracy), stops early, resumes.
+The recipe (`distill`): a teacher that is a bare pre-trained encoder is first fine-tuned on the data (early
+stopping on validation; kept in OUT/teacher and reused); the student starts, unless `init` says otherwise,
+from the teacher's own encoder cut to `num_layers` layers; the training set is grown with augmented copies
+the teacher labels (augment.py).
+Loss = ce_weight·CE(hard labels, intents and slot tags) + kd_weight·T²·KL(teacher/T ‖ student/T) (intents,
+and each word's slot tag for joint data) + hidden_weight·MSE(hidden states) + attention_weight·KL(attention)
+of the student's layers against the teacher's layers mapped to them (signals.py). Without a teacher: CE only.
+Evaluates on the validation split, keeps the best checkpoint (by accuracy; by the mean of accuracy and slot F1
+for joint data), stops early, resumes; then chooses the out-of-scope threshold on validation and reports the
+test split with it (metrics.json `test`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,14 +31,16 @@ from edge_electra import dataclass_io
 from edge_electra.atomic import atomic_file
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset as model_preset
-from edge_electra.errors import ConfigError, DataError
+from edge_electra.errors import ConfigError
 from edge_electra.train.model import Electra
 from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
-from edge_electra.train import curves, labelled, loop, placement
-from edge_electra.train.evaluate import classification_report, slot_f1
+from edge_electra.train import augment, curves, labelled, loop, placement, scoring
 from edge_electra.train.optim import adamw, warmup_linear
 from edge_electra.train.options import config_from_cli, trained_tokenizer
-from edge_electra.train.teacher import BACKENDS, teacher_outputs
+from edge_electra.train.signals import Intermediate
+from edge_electra.train.teacher import BACKENDS, has_task_head, teacher_outputs, word_slots
+
+TEACHER_FOLDER = "teacher"             # OUT/teacher: the fine-tuned teacher of a bare-encoder --teacher
 
 
 @dataclass
@@ -52,6 +61,11 @@ class DistillConfig(placement.RunSettings):
     kd_weight: float = 0.5
     ce_weight: float = 0.5
     hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    augment: int = 0                   # augmented copies of each training utterance, labelled by the teacher
+    teacher_epochs: int = 10           # fine-tuning a bare-encoder teacher: at most this many epochs ...
+    teacher_lr: float = 1e-4
+    teacher_patience: int = 2          # ... stopping after this many half-epoch evaluations without improvement
     max_length: int = 64
     epochs: int = 3
     max_steps: int = 0                 # stop (and end the schedule) after this many steps; 0 = all epochs
@@ -74,22 +88,7 @@ class DistillConfig(placement.RunSettings):
 
 
 def _splits(cfg: DistillConfig) -> dict[str, data_io.Dataset]:
-    path = Path(cfg.data)
-    splits = data_io.load_folder(path) if path.is_dir() and (path / "train.jsonl").exists() else {
-        "train": data_io.load(path)}
-    train = splits["train"]
-    for name in ("validation", "test"):
-        if getattr(cfg, name):
-            splits[name] = data_io.load(getattr(cfg, name), train.labels, train.slot_labels)
-    if "validation" not in splits:
-        order = np.random.default_rng(cfg.seed).permutation(len(train))
-        held = max(1, len(train) // 10)
-        pick = lambda rows: data_io.Dataset([train.examples[i] for i in rows], train.labels, train.slot_labels)
-        splits["validation"], splits["train"] = pick(order[:held]), pick(order[held:])
-        if not len(splits["train"]):
-            raise DataError(f"{path} holds {len(train)} row(s): too few to hold out a validation split and "
-                            "train on the rest; add rows, or pass --validation")
-    return splits
+    return labelled.load_splits(cfg.data, cfg.validation, cfg.test, cfg.seed)
 
 
 def select_layers(model: Electra, count: int, how: str = "even") -> Electra:
@@ -127,74 +126,70 @@ def build_student(cfg: DistillConfig, train: data_io.Dataset) -> tuple[Electra, 
 
 
 class Student(nn.Module):
-    """The student plus the linear maps from its [CLS] states to the teacher's (hidden-state loss only)."""
+    """The student, plus what its intermediate-layer losses train (projections), when they are on."""
 
-    def __init__(self, model: Electra, teacher_hidden: int | None):
+    def __init__(self, model: Electra, intermediate: Intermediate | None):
         super().__init__()
         self.model = model
-        self.project = nn.ModuleList(nn.Linear(model.config.hidden_size, teacher_hidden)
-                                     for _ in range(model.config.num_layers)) if teacher_hidden else None
+        self.intermediate = intermediate
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        if self.project is None:
-            return self.model(input_ids, attention_mask, token_type_ids), None
+    def forward(self, input_ids, attention_mask, token_type_ids, targets=None):
+        if self.intermediate is None:
+            return self.model(input_ids, attention_mask, token_type_ids), {}
         logits, hidden = self.model(input_ids, attention_mask, token_type_ids, output_hidden_states=True)
-        return logits, [proj(h[:, 0]) for proj, h in zip(self.project, hidden[1:])]
+        return logits, self.intermediate(self.model, hidden, attention_mask, targets)
 
 
-def loss_terms(cfg: DistillConfig, logits, projected, batch, teacher: dict | None) -> dict[str, torch.Tensor]:
+def _kd(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """T²·KL(teacher/T ‖ student/T) per row (the last dimension holds the classes)."""
+    return (F.softmax(teacher / t, -1) * (F.log_softmax(teacher / t, -1) - F.log_softmax(student.float() / t, -1))
+            ).sum(-1) * t * t
+
+
+def loss_terms(cfg: DistillConfig, logits, intermediate: dict, batch, teacher: dict | None) -> dict[str, torch.Tensor]:
     intent, slots = logits if isinstance(logits, tuple) else (logits, None)
-    terms = {}
+    terms = dict(intermediate)
     if (batch["labels"] != labelled.IGNORE).any():
         terms["ce"] = F.cross_entropy(intent.float(), batch["labels"], ignore_index=labelled.IGNORE)
     if slots is not None and (batch["slot_labels"] != labelled.IGNORE).any():
         terms["slot_ce"] = F.cross_entropy(slots.float().flatten(0, 1), batch["slot_labels"].flatten(),
                                            ignore_index=labelled.IGNORE)
     if teacher is not None:
-        t = cfg.temperature
-        terms["kd"] = F.kl_div(F.log_softmax(intent.float() / t, -1), F.softmax(teacher["logits"] / t, -1),
-                               reduction="batchmean") * t * t
-    if projected is not None:
-        layers = teacher["hidden"].shape[1] - 1
-        targets = [teacher["hidden"][:, round((i + 1) * layers / len(projected))] for i in range(len(projected))]
-        terms["hidden"] = torch.stack([F.mse_loss(p.float(), t) for p, t in zip(projected, targets)]).mean()
+        terms["kd"] = _kd(intent, teacher["logits"], cfg.temperature).mean()
+        if slots is not None and "slots" in teacher:
+            positions = batch["word_positions"]
+            per_word = _kd(word_slots(slots, positions), teacher["slots"][:, :positions.shape[1]], cfg.temperature)
+            terms["slot_kd"] = per_word[positions >= 0].mean()
     return terms
 
 
 def total_loss(cfg: DistillConfig, terms: dict, distilling: bool) -> torch.Tensor:
-    weights = {"ce": cfg.ce_weight if distilling else 1.0, "slot_ce": 1.0, "kd": cfg.kd_weight,
-               "hidden": cfg.hidden_weight}
+    ce = cfg.ce_weight if distilling else 1.0
+    weights = {"ce": ce, "slot_ce": ce, "kd": cfg.kd_weight, "slot_kd": cfg.kd_weight,
+               "hidden": cfg.hidden_weight, "attention": cfg.attention_weight}
     return sum(weights[name] * value for name, value in terms.items())
-
-
-@torch.inference_mode()
-def evaluate(model: Electra, tensors: dict, dataset: data_io.Dataset, rt: placement.Runtime, batch_size: int = 128) -> dict:
-    was_training = model.training
-    model.eval()
-    predictions, slot_predictions, slot_gold = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = labelled.take(tensors, slice(start, start + batch_size))
-        with rt.autocast():
-            out = model(*(batch[k].to(rt.device) for k in ("input_ids", "attention_mask", "token_type_ids")))
-        intent, slots = out if isinstance(out, tuple) else (out, None)
-        predictions.append(intent.argmax(-1).cpu())
-        if slots is not None:
-            keep = batch["slot_labels"] != labelled.IGNORE
-            tags = slots.argmax(-1).cpu()
-            for row in range(len(tags)):
-                slot_predictions.append([dataset.slot_labels[i] for i in tags[row][keep[row]].tolist()])
-                slot_gold.append([dataset.slot_labels[i] for i in batch["slot_labels"][row][keep[row]].tolist()])
-    report = classification_report(np.asarray(dataset.label_ids()), torch.cat(predictions).numpy(), dataset.labels)
-    if slot_gold:
-        report["slot_f1"] = slot_f1(slot_gold, slot_predictions)
-    model.train(was_training)
-    return report
 
 
 def run(cfg: DistillConfig) -> Path:
     """Train the student; return the best checkpoint folder (HF layout, with tokenizer)."""
     with placement.session(cfg.device, cfg.precision, cfg.threads) as rt:
         return _train(cfg, rt)
+
+
+def _teacher_signals(cfg: DistillConfig, rt, train: data_io.Dataset, texts: list[str],
+                     tokenizer: Tokenizer) -> dict[str, torch.Tensor]:
+    """The teacher's cached outputs on `texts`; for intermediate-layer losses, checks that the student shares
+    the teacher's vocabulary (the teacher then runs on the student's token ids)."""
+    cached = teacher_outputs(cfg.teacher, texts, train.labels, Path(cfg.out) / "teacher_cache",
+                             backend=cfg.teacher_backend, max_length=cfg.max_length, slot_labels=train.slot_labels,
+                             log=rt.log)
+    sample = texts[:64]
+    if (cfg.hidden_weight or cfg.attention_weight) and not np.array_equal(
+            load_tokenizer(cfg.teacher)(sample, max_length=cfg.max_length).input_ids,
+            tokenizer(sample, max_length=cfg.max_length).input_ids):
+        raise ConfigError("intermediate-layer distillation (--hidden-weight/--attention-weight) needs the student "
+                          "to share the teacher's vocabulary; start it from the teacher (no --init) or set them to 0")
+    return {name: torch.from_numpy(a).float() for name, a in cached.items()}
 
 
 def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
@@ -205,37 +200,48 @@ def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
     train = splits["train"]
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_student(cfg, train)
+    distilling = cfg.teacher is not None
+    intermediate_on = distilling and bool(cfg.hidden_weight or cfg.attention_weight)
+    teacher_model = (load_pretrained(cfg.teacher)[0].eval().to(rt.device)
+                     if distilling and (cfg.augment or intermediate_on) else None)
     unlabelled = list(data_io.read_text_lines(cfg.unlabelled)) if cfg.unlabelled else []
+    if distilling and cfg.augment:
+        unlabelled += augment.augmented_texts(train, cfg.teacher, teacher_model.encoder.embeddings.word.weight,
+                                              augment.AugmentSettings(copies=cfg.augment), cfg.seed)
     texts = train.texts + unlabelled
     tensors = labelled.encode(tokenizer, texts, cfg.max_length, train.label_ids() + [labelled.IGNORE] * len(unlabelled),
                               [e.tags for e in train.examples] + [None] * len(unlabelled), train.slot_labels)
-    distilling = cfg.teacher is not None
-    teacher = None
-    if distilling:
-        cached = teacher_outputs(cfg.teacher, texts, train.labels, out / "teacher_cache", backend=cfg.teacher_backend,
-                                 max_length=cfg.max_length, with_hidden=cfg.hidden_weight > 0,
-                                 log=lambda m: rt.log(m))
-        teacher = {name: torch.from_numpy(a).float() for name, a in cached.items()}
+    teacher = _teacher_signals(cfg, rt, train, texts, tokenizer) if distilling else None
+    intermediate = Intermediate(model, teacher_model, cfg.attention_weight > 0) if intermediate_on else None
+    if intermediate is None:
+        teacher_model = None
     if rt.is_main:
         dataclass_io.save(cfg, out / "config.toml")
     evals = {name: labelled.encode(tokenizer, splits[name].texts, cfg.max_length, splits[name].label_ids(),
                                    [e.tags for e in splits[name].examples], train.slot_labels)
              for name in ("validation", "test") if name in splits}
 
-    student = Student(model, teacher["hidden"].shape[-1] if teacher and "hidden" in teacher else None).to(rt.device)
+    student = Student(model, intermediate).to(rt.device)
     per_step = cfg.batch_size * rt.world_size
     steps_per_epoch = max(1, len(texts) // per_step)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 1 << 62)
     optimizer = adamw(student, cfg.lr, cfg.weight_decay, eps=1e-8)
     scheduler = warmup_linear(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    rt.log(f"{'distil' if distilling else 'fine-tune'}: {len(texts)} examples, {model.num_parameters():,} params, "
-           f"{total_steps} steps on {rt.device} ({rt.precision}, {rt.world_size} process(es))")
+    rt.log(f"{'distil' if distilling else 'fine-tune'}: {len(train)} examples + {len(unlabelled)} for the teacher "
+           f"to label, {model.num_parameters():,} params, {total_steps} steps on {rt.device} ({rt.precision}, "
+           f"{rt.world_size} process(es))")
 
     def step(trainer, rows, done):
         batch = {k: v.to(rt.device) for k, v in labelled.take(tensors, rows).items()}
         soft = {k: v[rows].to(rt.device) for k, v in teacher.items()} if teacher else None
-        logits, projected = trainer(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        terms = loss_terms(cfg, logits, projected, batch, soft)
+        inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        targets = None
+        if teacher_model is not None:
+            with torch.no_grad():
+                _, hidden = teacher_model(*inputs, output_hidden_states=True)
+                targets = intermediate.teacher_targets(teacher_model, hidden, batch["attention_mask"])
+        logits, inner = trainer(*inputs, targets)
+        terms = loss_terms(cfg, logits, inner, batch, soft)
         return {"loss": total_loss(cfg, terms, distilling), **terms}
 
     def shuffled(position):
@@ -248,8 +254,8 @@ def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
             yield order[index * per_step + rt.rank * cfg.batch_size:][:cfg.batch_size], {"step": done}
 
     def validate():
-        report = evaluate(model, evals["validation"], splits["validation"], rt)
-        return report["accuracy"], report
+        report = scoring.evaluate(model, evals["validation"], splits["validation"], rt)
+        return scoring.selection_score(report), report
 
     settings = loop.LoopSettings(steps=total_steps, log_every=cfg.log_every, save_every=cfg.save_every,
                                  eval_every=cfg.eval_every or steps_per_epoch, patience=cfg.patience,
@@ -271,9 +277,19 @@ def _finish(cfg, rt, splits, evals, outcome: loop.LoopState, started: float) -> 
     metrics = {"workflow": "distill" if cfg.teacher else "finetune", "teacher": cfg.teacher,
                "best_step": outcome.best_step, "train_examples": len(splits["train"]),
                "validation": outcome.best_report}
+    model = load_pretrained(best)[0].to(rt.device)
+    validation = scoring.predict(model, evals["validation"], splits["validation"], rt)
+    threshold = scoring.choose_oos_threshold(validation[0], splits["validation"].labels,
+                                             splits["validation"].label_ids())
+    if threshold is not None:
+        scoring.store_oos_threshold(best, threshold)
+        metrics["validation"] = scoring.report(splits["validation"], validation, threshold)
     if "test" in splits:
-        model, _ = load_pretrained(best)
-        metrics["test"] = evaluate(model.to(rt.device), evals["test"], splits["test"], rt)
+        predicted = scoring.predict(model, evals["test"], splits["test"], rt)
+        metrics["test"] = scoring.report(splits["test"], predicted, threshold)
+        if threshold is not None:
+            metrics["test_without_threshold"] = {k: v for k, v in scoring.report(splits["test"], predicted).items()
+                                                 if k != "per_class"}
     metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
     with_atomic_json(out / "metrics.json", metrics)
     if cfg.plot:
@@ -281,7 +297,7 @@ def _finish(cfg, rt, splits, evals, outcome: loop.LoopState, started: float) -> 
                     ["loss", "kd", "ce", "val_accuracy", "val_macro_f1", "val_oos_recall"],
                     out / "curves.png", title=f"{metrics['workflow']} — {Path(cfg.data).name}")
     summary = {k: round(v, 4) for k, v in metrics.get("test", metrics["validation"]).items()
-               if k in ("accuracy", "macro_f1", "oos_recall", "slot_f1")}
+               if k in ("accuracy", "macro_f1", "oos_recall", "in_scope_accuracy", "slot_f1", "oos_threshold")}
     rt.log(f"best checkpoint {best} (step {metrics['best_step']}); "
            f"{'test' if 'test' in metrics else 'validation'}: {summary}; {metrics['wall_time_s']} s")
     return best
@@ -292,10 +308,31 @@ def with_atomic_json(path: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def prepared_teacher(cfg: DistillConfig) -> Path:
+    """The teacher checkpoint: `cfg.teacher` if it has a task head; else `cfg.teacher` fine-tuned on the data
+    (OUT/teacher; a finished one is reused, an interrupted one resumed)."""
+    if has_task_head(cfg.teacher):
+        return Path(cfg.teacher)
+    folder = Path(cfg.out) / TEACHER_FOLDER
+    if (folder / "metrics.json").exists() and (folder / "best" / "config.json").exists():
+        placement.log.info(f"teacher: reusing {folder / 'best'} (fine-tuned from {cfg.teacher})")
+        return folder / "best"
+    placement.log.info(f"teacher: {cfg.teacher} has no task head; fine-tuning it on {cfg.data} first")
+    teacher_cfg = dataclasses.replace(
+        cfg, out=str(folder), teacher=None, init=cfg.teacher, num_layers=None, tokenizer=None,
+        unlabelled=[], hidden_weight=0.0, attention_weight=0.0, augment=0, epochs=cfg.teacher_epochs,
+        max_steps=0, lr=cfg.teacher_lr, patience=cfg.teacher_patience, eval_every=0, plot=False)
+    teacher_cfg.eval_every = max(1, len(_splits(teacher_cfg)["train"]) // (2 * cfg.batch_size))
+    return run(teacher_cfg)
+
+
 def distill(cfg: DistillConfig) -> Path:
     if cfg.teacher is None:
         raise ConfigError("distill needs a teacher (--teacher FOLDER); without one, use finetune")
-    return run(cfg)
+    encoder = cfg.teacher
+    teacher = prepared_teacher(cfg)
+    # No --init: the student is the teacher's own pre-trained encoder, cut to num_layers by select_layers.
+    return run(dataclasses.replace(cfg, teacher=str(teacher), init=cfg.init or encoder))
 
 
 def finetune(cfg: DistillConfig) -> Path:
@@ -345,7 +382,13 @@ def _options(command):
 @click.option("--temperature", type=float)
 @click.option("--kd-weight", type=float)
 @click.option("--ce-weight", type=float)
-@click.option("--hidden-weight", type=float, help="Weight of the [CLS] hidden-state MSE (0: off).")
+@click.option("--hidden-weight", type=float, help="Weight of the hidden-state MSE, layer to mapped layer (0: off).")
+@click.option("--attention-weight", type=float, help="Weight of the attention-distribution KL (0: off).")
+@click.option("--augment", type=int, help="Augmented copies of each training utterance for the teacher to label.")
+@click.option("--teacher-epochs", type=int, help="At most this many epochs to fine-tune a bare-encoder teacher.")
+@click.option("--teacher-lr", type=float)
+@click.option("--teacher-patience", type=int, help="Half-epoch evaluations without improvement before the "
+                                                   "teacher's fine-tuning stops.")
 def distill_command(config_file, **flags):
     """Distil a teacher into an ELECTRA-Small student; prints the best checkpoint folder."""
     click.echo(distill(config_from_cli(DistillConfig, config_file, flags)))
