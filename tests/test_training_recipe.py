@@ -148,3 +148,18 @@ def test_oos_threshold_is_chosen_on_validation_and_stored(joint_data, tmp_path):
 def test_joint_checkpoints_are_chosen_on_accuracy_and_slot_f1():
     assert scoring.selection_score({"accuracy": 0.9, "slot_f1": 0.5}) == pytest.approx(0.7)
     assert scoring.selection_score({"accuracy": 0.9}) == 0.9
+
+
+def test_compile_makes_the_stored_threshold_the_predictors_default(tmp_path, monkeypatch):
+    from conftest import LABELS, TEXTS, tiny_model
+    from edge_electra.build.compile import compile_bundle
+    from edge_electra.runtime.predictor import Predictor
+    monkeypatch.setenv("EDGE_ELECTRA_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_model(labels=LABELS)
+    folder = save_pretrained(model, tmp_path / "ckpt", tokenizer)
+    scoring.store_oos_threshold(folder, 0.37)
+    (tmp_path / "calibration.txt").write_text("\n".join(TEXTS) + "\n")
+    bundle = compile_bundle(folder, "x86-avx2-cpu", tmp_path / "bundle", precision="fp32",
+                            calibration=tmp_path / "calibration.txt", threads=1)
+    predictor = Predictor.load(bundle)
+    assert predictor.oos_threshold == 0.37 and predictor.bundle.manifest.runtime["oos_threshold"] == 0.37
