@@ -20,13 +20,20 @@ def config_from_cli(cls: type[T], config_file: str | None, flags: dict) -> T:
     return dataclass_io.from_dict(cls, {**base, **given}, source=config_file or "command line")
 
 
-def trained_tokenizer(texts, vocab_size: int, run_dir: str | Path, resume: bool) -> Tokenizer:
+def trained_tokenizer(texts, vocab_size: int, run_dir: str | Path, resume: bool, rt=None) -> Tokenizer:
     """A WordPiece vocabulary learnt from `texts`, kept in the run folder. `tokenizers`' trainer breaks ties
-    differently in every process, so a resumed run must reuse the vocabulary its checkpoint was trained with."""
+    differently in every process, so a resumed run must reuse the vocabulary its checkpoint was trained with,
+    and in a distributed run (`rt`, a placement.Runtime) the main process learns it and the others read it."""
     folder = Path(run_dir) / TRAINED_TOKENIZER
-    if resume and (folder / "tokenizer.json").is_file():
+    if rt is not None and not rt.is_main:
+        rt.barrier()
         return Tokenizer.from_pretrained(folder)
-    tokenizer = Tokenizer.train(texts, vocab_size=vocab_size)
-    with atomic_dir(folder) as tmp:
-        tokenizer.save_pretrained(tmp)
+    if resume and (folder / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_pretrained(folder)
+    else:
+        tokenizer = Tokenizer.train(texts, vocab_size=vocab_size)
+        with atomic_dir(folder) as tmp:
+            tokenizer.save_pretrained(tmp)
+    if rt is not None:
+        rt.barrier()
     return tokenizer

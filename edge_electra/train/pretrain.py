@@ -148,9 +148,9 @@ def generator_origin(cfg: PretrainConfig) -> str:
             "its first samples are near-uniform tokens, easy to spot, until it learns the corpus")
 
 
-def build(cfg: PretrainConfig, log=None) -> tuple[Electra, Electra, Tokenizer]:
-    """(discriminator, generator, tokenizer) from `init` or from scratch."""
-    say = log or (lambda message: logger.info(message))
+def build(cfg: PretrainConfig, rt: placement.Runtime | None = None) -> tuple[Electra, Electra, Tokenizer]:
+    """(discriminator, generator, tokenizer) from `init` or from scratch; `rt`: the processes it is built in."""
+    say = rt.log if rt is not None else logger.info
     if cfg.init:
         discriminator, report = load_pretrained(cfg.init, task="discriminator", labels=[], slot_labels=[])
         tokenizer = load_tokenizer(cfg.tokenizer or report["source"])
@@ -162,7 +162,7 @@ def build(cfg: PretrainConfig, log=None) -> tuple[Electra, Electra, Tokenizer]:
             tokenizer = load_tokenizer(cfg.tokenizer)
         else:
             say(f"training a {cfg.vocab_size}-token WordPiece vocabulary on the corpus")
-            tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume)
+            tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume, rt)
         shape = model_preset(cfg.preset, **({"num_layers": cfg.num_layers} if cfg.num_layers else {}))
         discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
                                               max_position=max(shape.max_position, cfg.seq_len)))
@@ -172,7 +172,7 @@ def build(cfg: PretrainConfig, log=None) -> tuple[Electra, Electra, Tokenizer]:
     origin = generator_origin(cfg)
     if origin.startswith("continued"):
         generator, _ = load_pretrained(Path(cfg.init).parent / "generator")
-    elif cfg.init:
+    elif cfg.init and (rt is None or rt.is_main):
         logger.warning("pretrain: the generator starts with %s", origin)
     return discriminator, generator, tokenizer
 
@@ -189,7 +189,7 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)   # the same initial weights in every process
-    discriminator, generator, tokenizer = build(cfg, rt.log)
+    discriminator, generator, tokenizer = build(cfg, rt)
     model = ReplacedTokenDetection(discriminator, generator, [tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id],
                                    tokenizer.mask_id, cfg.mask_prob, cfg.rtd_weight)
     sentences = None
