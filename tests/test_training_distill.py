@@ -38,12 +38,16 @@ def write_split(path, rng, n, with_tags):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def write_splits(folder, sizes: dict[str, int], with_tags: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for split, n in sizes.items():
+        write_split(folder / f"{split}.jsonl", rng, n, with_tags)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("intents")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 160), ("validation", 40), ("test", 40)]:
-        write_split(folder / f"{split}.jsonl", rng, n, with_tags=False)
+    write_splits(folder, {"train": 160, "validation": 40, "test": 40}, with_tags=False)
     texts = [t.format(c=c, a=a) for ts in TEMPLATES.values() for t, _ in ts for c in CITIES for a in ARTISTS]
     (folder / "tok").mkdir()
     Tokenizer.train(texts, vocab_size=100).save_pretrained(folder / "tok")

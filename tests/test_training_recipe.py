@@ -17,7 +17,7 @@ from edge_electra.train.model import Electra
 from edge_electra.train.signals import Intermediate, attention_probs, layer_map
 from edge_electra.train.teacher import has_task_head
 from edge_electra.runtime.tokenizer import Tokenizer
-from test_training_distill import write_split
+from test_training_distill import write_splits
 
 distill_module = importlib.import_module("edge_electra.train.distill")
 
@@ -26,9 +26,7 @@ distill_module = importlib.import_module("edge_electra.train.distill")
 def joint_data(tmp_path_factory):
     """A joint intent + slot dataset (with an `oos` intent) and a bare 4-layer encoder with its vocabulary."""
     folder = tmp_path_factory.mktemp("joint")
-    rng = np.random.default_rng(0)
-    for split, n in [("train", 96), ("validation", 32), ("test", 32)]:
-        write_split(folder / f"{split}.jsonl", rng, n, with_tags=True)
+    write_splits(folder, {"train": 96, "validation": 32, "test": 32}, with_tags=True)
     texts = [json.loads(line)["text"] for line in (folder / "train.jsonl").read_text().splitlines()]
     tokenizer = Tokenizer.train(texts * 2, vocab_size=100)
     torch.manual_seed(0)
