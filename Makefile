@@ -29,3 +29,23 @@ docs: venv
 
 clean:
 	rm -rf build .pytest_cache
+
+# An emulated arm64 device on 127.0.0.1 (device/README.md). Needs root; the root file system is
+# built once into a cache outside the checkout ($EDGE_ELECTRA_DEVICE_CACHE).
+DEVICE := device/arm64.sh
+
+.PHONY: device-arm64 device-test
+
+device-arm64:
+	$(DEVICE) build
+	$(DEVICE) start
+
+# Runs the tests marked `device` against it; stops it afterwards (tests failing or not) unless it
+# was already running, and exits with pytest's status.
+device-test: venv
+	$(DEVICE) build
+	@if $(DEVICE) status >/dev/null 2>&1; then started=; else $(DEVICE) start || exit $$?; started=1; fi; \
+	eval "$$($(DEVICE) env)"; \
+	$(PY) -m pytest -q -m device; rc=$$?; \
+	if [ -n "$$started" ]; then $(DEVICE) stop; fi; \
+	exit $$rc
