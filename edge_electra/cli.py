@@ -28,6 +28,7 @@ COMMANDS = {
     "compile": ("edge_electra.build.compile:command", "Build a bundle for a target device."),
     "bench": ("edge_electra.tools.bench.cli:command", "Measure latency, throughput, memory and accuracy of bundles."),
     "demo": ("edge_electra.tools.demo:command", "Run the whole pipeline on the built-in dataset."),
+    "device": ("edge_electra.tools.device:command", "Prepare a device over SSH; check that a bundle runs there."),
 }
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3

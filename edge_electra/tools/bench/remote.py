@@ -1,7 +1,8 @@
 """Run the bench on a device over SSH: copy the bundles and a torch-free copy of edge_electra, run, fetch the JSON.
 
-The device needs Python with numpy, tokenizers, click and its backend's runtime; nothing is installed there.
-Everything goes under one temporary folder on the device, removed afterwards.
+The device needs Python with numpy, tokenizers, click and its backend's runtime; the bench installs nothing there.
+`edge-electra device setup` makes such a Python in DEVICE_VENV, which is used by default when it exists (else
+`python3`). Everything goes under one temporary folder on the device, removed afterwards.
 
 Three parts: `Remote`, the transport (argv for ssh and scp, never a local shell; `--` before every destination,
 and hosts or users that would read as options refused); the staging of what is sent (`stage_bundle`,
@@ -29,6 +30,8 @@ PACKAGE = Path(__file__).resolve().parents[2]
 # A module that imports torch at the top level is useless on a device without it; leave it behind.
 TORCH_IMPORT = re.compile(r"^(import torch|from torch)\b", re.MULTILINE)
 # user@host[:port]. Neither part may begin with "-": ssh and scp would read it as an option (-oProxyCommand=...).
+# The venv `edge-electra device setup` creates on the device, relative to the device user's home.
+DEVICE_VENV = "~/.edge-electra/venv"
 REMOTE_SPEC = re.compile(r"(?:(?P<user>[^-@:\s][^@:\s]*)@)?(?P<host>[A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::(?P<port>\d+))?")
 
 
@@ -38,13 +41,18 @@ class Remote:
     host: str
     port: int | None = None
     key: str | None = None
-    python: str = "python3"    # split as a shell would: "python3 -X dev", or a quoted path with spaces
+    # Split as a shell would: "python3 -X dev", or a quoted path with spaces. None: DEVICE_VENV's python where it
+    # exists, else python3, chosen on the device.
+    python: str | None = None
     options: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         for part, value in (("user", self.user), ("host", self.host)):
             if value is not None and (not value or value.startswith("-")):
                 raise ConfigError(f"--remote: the {part} {value!r} would be read as an ssh option")
+        if self.python is None:
+            self.python_argv = None
+            return
         try:
             self.python_argv = shlex.split(self.python)
         except ValueError as e:
@@ -100,7 +108,7 @@ class Remote:
               3600)
 
     def get(self, remote_path: str, local: Path) -> None:
-        _call(["scp", "-q", *self._common("-P"), "--", f"{self.destination}:{remote_path}", str(local)], 600)
+        _call(["scp", "-q", "-r", *self._common("-P"), "--", f"{self.destination}:{remote_path}", str(local)], 600)
 
 
 def _require(program: str) -> None:
@@ -160,10 +168,26 @@ def runtime_copy(dest: Path) -> Path:
     return target
 
 
+def device_path(path: str) -> str:
+    """`path` as one shell word for the device's shell: a leading ~/ stays the device user's home."""
+    if path == "~" or path.startswith("~/"):
+        return '"$HOME"' + (shlex.quote(path[1:]) if path[1:] else "")
+    return shlex.quote(path)
+
+
+def python_word(remote: Remote) -> str:
+    """The device's Python as shell words: --remote-python quoted word by word, or by default DEVICE_VENV's
+    python when it is there and python3 otherwise (one shell test on the device, no extra round trip)."""
+    if remote.python_argv is not None:
+        return " ".join(map(shlex.quote, remote.python_argv))
+    venv_python = device_path(DEVICE_VENV + "/bin/python")
+    return f'"$(if [ -x {venv_python} ]; then echo {venv_python}; else echo python3; fi)"'
+
+
 def remote_bench_command(remote: Remote, workdir: str, bench_argv: list[str]) -> str:
     """The device's shell command line: `edge-electra bench` from the uploaded runtime, every word quoted."""
-    argv = [*remote.python_argv, "-m", "edge_electra.cli", "bench", *bench_argv]
-    return (f"cd {shlex.quote(workdir)} && PYTHONPATH={shlex.quote(workdir + '/runtime')} "
+    argv = ["-m", "edge_electra.cli", "bench", *bench_argv]
+    return (f"cd {shlex.quote(workdir)} && PYTHONPATH={shlex.quote(workdir + '/runtime')} {python_word(remote)} "
             + " ".join(map(shlex.quote, argv)))
 
 
@@ -197,8 +221,9 @@ def _bench_there(remote: Remote, workdir: str, names: list[str], bench_args: lis
     argv = [*(f"{workdir}/{n}" for n in names), *bench_args, "--out", f"{workdir}/out", "--json-only"]
     if data is not None:
         argv += ["--data", f"{workdir}/data{Path(data).suffix}"]
-    log.info("running the bench on %s with %s", remote.host, remote.python)
+    log.info("running the bench on %s with %s", remote.host, remote.python or f"{DEVICE_VENV}/bin/python if present")
     remote.ssh_streaming(remote_bench_command(remote, workdir, argv))
-    local = Path(tempfile.mkdtemp(prefix="edge-electra-remote-result.")) / "bench.json"
-    remote.get(f"{workdir}/out/bench.json", local)
-    return local
+    local = Path(tempfile.mkdtemp(prefix="edge-electra-remote-result."))
+    # The whole out folder: bench.json and, with --profile, the raw profiles beside it.
+    remote.get(f"{workdir}/out", local)
+    return local / "out" / "bench.json"

@@ -19,10 +19,22 @@ def _fmt(value, digits=3) -> str:
     return str(value)
 
 
+EMULATED = "EMULATED — not a device latency"
+# Columns that are times: under emulation they are written as "emulated", never as a figure (bench.json keeps them).
+TIMED_COLUMNS = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms", "throughput_per_s", "floor_ms",
+                 "x_floor")
+
+
+def emulated(result: dict) -> bool:
+    return bool(result["system"].get("emulated"))
+
+
 def table(result: dict) -> str:
     system = result["system"]
     cpu = system["cpu"]
-    lines = [f"machine  {cpu['model']} ({cpu['usable_cores']} usable cores; flags {' '.join(cpu['flags']) or '-'}), "
+    warning = [f"{EMULATED}: {system.get('machine', '')} under an emulator ({system.get('emulation')}); "
+               "times below are withheld, the raw numbers stay in bench.json"] if emulated(result) else []
+    lines = [*warning, f"machine  {cpu['model']} ({cpu['usable_cores']} usable cores; flags {' '.join(cpu['flags']) or '-'}), "
              f"{system['os']}",
              f"         threads {system.get('threads') or 'runtime default'}, numpy GEMM "
              f"{system['gemm_gflops']:.1f} GFLOP/s, "
@@ -32,10 +44,11 @@ def table(result: dict) -> str:
     rows = [header]
     for r in result["results"]:
         seq = f"{r['seq'] or 'real'}→{r['padded_seq']:g}"
-        rows.append((r["bundle"], r["mode"], r["source"], str(r["batch"]), seq, _fmt(r["p50_ms"]),
-                     _fmt(r["p90_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]),
-                     f"{_fmt(r['mean_ms'])}±{_fmt(r['std_ms'], 2)}", _fmt(r["throughput_per_s"]),
-                     _fmt(r.get("x_floor"), 2)))
+        times = (["emulated"] * 7 if emulated(result) else
+                 [_fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"]),
+                  f"{_fmt(r['mean_ms'])}±{_fmt(r['std_ms'], 2)}", _fmt(r["throughput_per_s"]),
+                  _fmt(r.get("x_floor"), 2)])
+        rows.append((r["bundle"], r["mode"], r["source"], str(r["batch"]), seq, *times))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append("")
@@ -46,8 +59,8 @@ def table(result: dict) -> str:
         if cold and "error" in cold:
             parts.append(f"cold start failed: {cold['error']}")
         elif cold:
-            parts.append(f"cold start {cold['process_to_first_result_s']:.2f} s to first result, "
-                         f"peak RSS {cold['peak_rss_mb']:.0f} MB")
+            seconds = "emulated" if emulated(result) else f"{cold['process_to_first_result_s']:.2f} s"
+            parts.append(f"cold start {seconds} to first result, peak RSS {cold['peak_rss_mb']:.0f} MB")
         acc = b.get("accuracy") or {}
         parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in acc.items() if k.endswith(("accuracy", "_f1"))]
         lines.append(", ".join(parts))
@@ -68,7 +81,8 @@ def write_csv(result: dict, path: Path) -> Path:
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(result["results"])
+        withheld = dict.fromkeys(TIMED_COLUMNS, "emulated") if emulated(result) else {}
+        writer.writerows({**r, **withheld} for r in result["results"])
     return path
 
 
@@ -96,7 +110,8 @@ def write_plot(result: dict, path: Path) -> Path | None:
                       fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log scale; whiskers p1–p99)")
-        ax.set_title(mode.replace("_", "-"))
+        ax.set_title(mode.replace("_", "-") + (f"\n{EMULATED}" if emulated(result) else ""),
+                     color="red" if emulated(result) else "black")
         ax.invert_yaxis()
     fig.tight_layout()
     with atomic_file(path) as tmp:

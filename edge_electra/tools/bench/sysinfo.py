@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ from edge_electra.runtime.bundle import library_versions
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                      "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+# Architecture families: a 32-bit user space on a 64-bit kernel of the same family (armv7l on an aarch64 Pi
+# kernel) is native, not emulated.
+ARCH_FAMILIES = {"aarch64": "arm", "arm64": "arm", "armv7l": "arm", "armv8l": "arm", "armv6l": "arm",
+                 "x86_64": "x86", "amd64": "x86", "i686": "x86", "i386": "x86"}
+# Variables qemu-user reads in every process it starts (device/arm64.sh sets QEMU_CPU through sshd).
+QEMU_VARIABLES = ("QEMU_CPU", "QEMU_LD_PREFIX", "QEMU_GUEST_BASE")
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
@@ -33,6 +40,40 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
     return {"model": model, "flags": [f for f in INTERESTING_FLAGS if f in flags],
             "logical_cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def kernel_architecture(proc: Path = Path("/proc")) -> str | None:
+    """The kernel's own architecture. qemu-user answers uname() with the emulated machine, but it translates
+    user space only: the kernel, and what it writes in /proc/sys/kernel/arch (Linux 6.1+) or in the compiler
+    triple of /proc/version, stays the host's."""
+    try:
+        return (proc / "sys" / "kernel" / "arch").read_text().strip() or None
+    except OSError:
+        pass
+    try:
+        version = (proc / "version").read_text()
+    except OSError:
+        return None
+    triple = re.search(r"\((\w+)-[\w.-]*-gcc", version)
+    return triple[1] if triple else None
+
+
+def emulation(machine: str | None = None, proc: Path = Path("/proc"), environ=None) -> str | None:
+    """Why this process looks emulated (qemu-user running another architecture's code), or None when native.
+
+    Two signals, either suffices: the kernel's architecture is of another family than the user space's
+    (robust: needs no help from the emulator; a real Pi has an aarch64 kernel), and qemu-user's own variables
+    in the environment (a fallback for kernels that state their architecture nowhere). binfmt_misc is no
+    signal: a chroot does not see it, and the host that registers qemu also runs native processes.
+    """
+    machine = machine or platform.machine()
+    kernel = kernel_architecture(proc)
+    family = ARCH_FAMILIES.get(machine.lower())
+    if kernel and family and ARCH_FAMILIES.get(kernel.lower(), family) != family:
+        return f"{machine} user space on a {kernel} kernel"
+    environ = os.environ if environ is None else environ
+    qemu = [f"{name}={environ[name]}" for name in QEMU_VARIABLES if environ.get(name)]
+    return f"qemu-user variables set ({', '.join(qemu)})" if qemu else None
 
 
 def gemm_gflops(size: int = 512, seconds: float = 0.3) -> float:
@@ -79,11 +120,15 @@ def backend_info() -> dict:
 
 def system_info(threads: int | None = None) -> dict:
     libraries = [get_backend(name).library for name in backend_names()]
+    why_emulated = emulation()
     return {
         "cpu": cpu_info(),
         "threads": threads,
         "os": platform.platform(),
         "machine": platform.machine(),
+        # Timings taken under emulation are not the device's: report.py never shows them as device figures.
+        "emulated": why_emulated is not None,
+        "emulation": why_emulated,
         "hostname": platform.node(),
         "versions": library_versions("click", *filter(None, libraries)),
         "backends": backend_info(),
