@@ -100,11 +100,15 @@ class OrtRunner:
     """
 
     def __init__(self, variants: list[Variant], folder: Path, preferred: list[str], provider_options: dict,
-                 threads: int):
+                 threads: int, profile: bool = False):
         self._requested, self._provider_options, session_threads = choose_providers(
             preferred, provider_options, threads)
         self.preferred_providers = list(preferred)
         self._options = session_options(session_threads)
+        if profile:   # ORT's own trace of every node run (see end_profiling)
+            import tempfile
+            self._options.enable_profiling = True
+            self._options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edge-electra-ort-profile.")) / "ort")
         self._paths = {v.seq: (folder / v.file, v.batch) for v in variants}
         self._sessions = {}
         first = self._session(next(iter(self._paths)))
@@ -121,6 +125,17 @@ class OrtRunner:
             self._sessions[seq] = _ort().InferenceSession(
                 str(path), self._options, providers=self._requested, provider_options=self._provider_options)
         return self._sessions[seq]
+
+    def end_profiling(self) -> dict:
+        """A runner made with profile=True: ORT's trace events of every session so far (chrome trace format)."""
+        events = []
+        for session in self._sessions.values():
+            trace = Path(session.end_profiling())
+            events += json.loads(trace.read_text())
+            trace.unlink()
+        with contextlib.suppress(OSError):
+            Path(self._options.profile_file_prefix).parent.rmdir()
+        return {"runtime": "onnxruntime", "events": events}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feeds(self.input_names, feeds)
@@ -315,13 +330,15 @@ class OnnxMobileBackend(Backend):
         return CompiledModel(files=files, precision=request.precision, runtime=runtime,
                              report={"op_coverage": coverage}, onnx=candidate)
 
-    def load(self, bundle, threads: int | None = None, providers: list[str] | None = None, **_) -> OrtRunner:
+    def load(self, bundle, threads: int | None = None, providers: list[str] | None = None, profile: bool = False,
+             **_) -> OrtRunner:
         options: OrtOptions = self.bundle_options(bundle)
         variants = bundle_variants(bundle, ("model.ort", "model.onnx"))
         return OrtRunner(variants, bundle.path,
                          preferred=providers if providers is not None else options.execution_providers or [CPU],
                          provider_options=options.provider_options,
-                         threads=bundle.manifest.runtime.get("threads", 0) if threads is None else threads)
+                         threads=bundle.manifest.runtime.get("threads", 0) if threads is None else threads,
+                         profile=profile)
 
     def runs_on(self, options: OrtOptions) -> str:
         return ", ".join(map(short, options.execution_providers)) or "CPU"

@@ -78,7 +78,7 @@ def compile_config(device: str, threads: int, precision: str) -> dict:
 
 class OpenVinoRunner:
     def __init__(self, variants: list[Variant], folder: Path, device: str, threads: int, precision: str,
-                 cache: bool):
+                 cache: bool, profile: bool = False):
         core = _ov().Core()
         self.requested_device = device
         chosen = choose_device(device, list(core.available_devices))
@@ -88,6 +88,10 @@ class OpenVinoRunner:
         if cache:
             core.set_property({"CACHE_DIR": str(user_cache_dir("openvino"))})
         config = compile_config(chosen, threads, precision)
+        # With profiling, each inference's performance counters are kept (see end_profiling).
+        self._profile: list[dict] | None = [] if profile else None
+        if profile:
+            config["PERF_COUNT"] = True
         self._models = {}
         for v in variants:
             compiled = core.compile_model(str(folder / v.file), chosen, config)
@@ -108,11 +112,20 @@ class OpenVinoRunner:
             outputs = run_in_chunks(lambda f: self._infer(model, f), feeds, model[2])
         return {n: o.astype(np.float32, copy=False) for n, o in zip(self.output_names, outputs)}
 
-    @staticmethod
-    def _infer(model, feeds) -> list[np.ndarray]:
+    def _infer(self, model, feeds) -> list[np.ndarray]:
         compiled, request, _ = model
         results = request.infer(feeds)
+        if self._profile is not None:
+            self._profile += [{"node_name": i.node_name, "node_type": i.node_type, "exec_type": i.exec_type,
+                               "status": i.status.name, "real_time_us": i.real_time.total_seconds() * 1e6,
+                               "cpu_time_us": i.cpu_time.total_seconds() * 1e6}
+                              for i in request.get_profiling_info()]
         return [np.array(results[port]) for port in compiled.outputs]
+
+    def end_profiling(self) -> dict:
+        """A runner made with profile=True: every node's performance counters of every inference so far."""
+        records, self._profile = self._profile or [], None
+        return {"runtime": "openvino", "events": records}
 
 
 @register("openvino")
@@ -152,14 +165,15 @@ class OpenVinoBackend(Backend):
                                else "int8 (NNCF)" if request.given_onnx is None else "int8 (the given Q/DQ model)"}}
         return CompiledModel(files=files, precision=request.precision, runtime=runtime, report=report)
 
-    def load(self, bundle, threads: int | None = None, device: str | None = None, **_) -> OpenVinoRunner:
+    def load(self, bundle, threads: int | None = None, device: str | None = None, profile: bool = False,
+             **_) -> OpenVinoRunner:
         options: OpenVinoOptions = self.bundle_options(bundle)
         variants = bundle_variants(bundle, ("model.xml",))
         for v in variants:
             bundle.file(Path(v.file).with_suffix(".bin").name)
         return OpenVinoRunner(variants, bundle.path, device or options.device,
                               bundle.manifest.runtime.get("threads", 0) if threads is None else threads,
-                              bundle.manifest.precision, options.cache)
+                              bundle.manifest.precision, options.cache, profile)
 
     def runs_on(self, options: OpenVinoOptions) -> str:
         return options.device

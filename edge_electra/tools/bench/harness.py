@@ -25,6 +25,7 @@ from edge_electra.errors import ConfigError
 from edge_electra.metrics import slot_f1
 from edge_electra.runtime.predictor import Predictor
 
+MODES = ("end_to_end", "model_only")
 FALLBACK_WORDS = ("please set an alarm for seven tomorrow morning and remind me to call my sister about "
                   "the flight to boston").split()
 
@@ -43,10 +44,23 @@ class BenchConfig:
     data: str | None = option_field(None, help="Labelled utterances (.jsonl/.csv/...): replayed at their real "
                                                "lengths, and used to measure accuracy.", click={"type": click.Path()})
     cold_start: bool = option_field(True, help="Measure cold start and peak memory in a fresh subprocess.")
+    modes: list[str] = option_field(default_factory=lambda: list(MODES),
+                                    click={"type": click.Choice(MODES), "multiple": True},
+                                    help="What to time: end_to_end (tokenize + infer + post-process) and "
+                                         "model_only (the runtime on pre-tokenized input). Repeatable.")
+    synthetic: bool = option_field(True, help="Time synthetic texts of each --seq-lens; with --data, "
+                                              "--no-synthetic times the data replay only.")
+    profile: bool = option_field(False, help="Also run each bundle under its runtime's own profiler (ONNX "
+                                             "Runtime's trace, OpenVINO's performance counters): time per "
+                                             "operator type, raw profile saved as profile-<bundle>.json.")
 
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.seq_lens or min(self.seq_lens) < 3:
             raise ConfigError("batch sizes must be ≥ 1 and sequence lengths ≥ 3 (two are [CLS] and [SEP])")
+        if not self.modes or set(self.modes) - set(MODES):
+            raise ConfigError(f"--modes takes {list(MODES)}, got {self.modes}")
+        if not self.synthetic and not self.data:
+            raise ConfigError("--no-synthetic times only the data replay: give --data")
         if self.runs < 1 or (self.seconds is not None and self.seconds <= 0) or self.warmup < 0:
             raise ConfigError("--runs must be ≥ 1, --seconds > 0 and --warmup ≥ 0")
 
@@ -137,10 +151,10 @@ class Case:
 
 
 def cases(cfg: BenchConfig, data_texts: list[str] | None) -> list[Case]:
-    synthetic = [Case(mode, "synthetic", b, s) for b in cfg.batch_sizes for s in cfg.seq_lens
-                 for mode in ("end_to_end", "model_only")]
-    replay = [Case(mode, "data", b, None) for b in cfg.batch_sizes for mode in ("end_to_end", "model_only")]
-    return synthetic + (replay if data_texts else [])
+    modes = [m for m in MODES if m in cfg.modes]
+    synthetic = [Case(mode, "synthetic", b, s) for b in cfg.batch_sizes for s in cfg.seq_lens for mode in modes]
+    replay = [Case(mode, "data", b, None) for b in cfg.batch_sizes for mode in modes]
+    return (synthetic if cfg.synthetic else []) + (replay if data_texts else [])
 
 
 def case_inputs(case: Case, predictor: Predictor, words: list[str], data_texts: list[str] | None,
@@ -172,7 +186,9 @@ def floor_flops(config: dict | None, seq: int) -> float | None:
     return float(2 * per_token * seq + attention + head)
 
 
-def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: click.echo(m, err=True)) -> dict:
+def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: click.echo(m, err=True),
+              out: Path | None = None) -> dict:
+    """Time every case, then describe each bundle; with cfg.profile, profile each one (raw profiles into `out`)."""
     subjects = load_subjects(paths, cfg)
     dataset = load_data(cfg.data, require_labels=False) if cfg.data else None
     data_texts = dataset.texts if dataset else None
@@ -204,7 +220,27 @@ def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: c
     for s in subjects:
         say(f"measuring cold start and accuracy of {s.name}")
         bundles.append(describe(s, cfg, dataset))
-    return {"format": 1, "config": to_dict(cfg), "system": system, "bundles": bundles, "results": results}
+    result = {"format": 1, "config": to_dict(cfg), "system": system, "bundles": bundles, "results": results}
+    if cfg.profile:
+        result["profiles"] = profile_all(subjects, cfg, words, data_texts, out, say)
+    return result
+
+
+def profile_all(subjects: list[Subject], cfg: BenchConfig, words: list[str], data_texts: list[str] | None,
+                out: Path | None, say) -> dict:
+    """Each bundle's per-operator summary, batch 1 on the data's utterances or a text of each --seq-lens; the raw
+    profiles go to `out`/profile-<bundle>.json."""
+    from edge_electra.tools.bench import profile
+    summaries = {}
+    for s in subjects:
+        texts = data_texts[:cfg.runs] if data_texts else [
+            text_of_length(s.predictor, words, min(seq, s.predictor.shapes.max_length)) for seq in cfg.seq_lens]
+        say(f"profiling {s.name}: {cfg.runs} runs under its runtime's profiler")
+        summaries[s.name], raw = profile.profile_predictor(s.path, [[t] for t in texts], cfg.runs, cfg.threads)
+        if raw and out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            summaries[s.name]["raw"] = profile.write_raw(raw, out / profile.raw_name(s.name)).name
+    return summaries
 
 
 def load_subjects(paths: list[Path], cfg: BenchConfig) -> list[Subject]:

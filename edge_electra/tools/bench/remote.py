@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import re
@@ -108,7 +109,7 @@ class Remote:
               3600)
 
     def get(self, remote_path: str, local: Path) -> None:
-        _call(["scp", "-q", "-r", *self._common("-P"), "--", f"{self.destination}:{remote_path}", str(local)], 600)
+        _call(["scp", "-q", *self._common("-P"), "--", f"{self.destination}:{remote_path}", str(local)], 600)
 
 
 def _require(program: str) -> None:
@@ -223,7 +224,11 @@ def _bench_there(remote: Remote, workdir: str, names: list[str], bench_args: lis
         argv += ["--data", f"{workdir}/data{Path(data).suffix}"]
     log.info("running the bench on %s with %s", remote.host, remote.python or f"{DEVICE_VENV}/bin/python if present")
     remote.ssh_streaming(remote_bench_command(remote, workdir, argv))
-    local = Path(tempfile.mkdtemp(prefix="edge-electra-remote-result."))
-    # The whole out folder: bench.json and, with --profile, the raw profiles beside it.
-    remote.get(f"{workdir}/out", local)
-    return local / "out" / "bench.json"
+    local = Path(tempfile.mkdtemp(prefix="edge-electra-remote-result.")) / "bench.json"
+    remote.get(f"{workdir}/out/bench.json", local)
+    # With --profile, the raw profiles the bench wrote beside it (a name from the device is only a file name).
+    for summary in json.loads(local.read_text()).get("profiles", {}).values():
+        if summary.get("raw"):
+            name = Path(summary["raw"]).name
+            remote.get(f"{workdir}/out/{name}", local.parent / name)
+    return local
