@@ -1,12 +1,15 @@
 """`bench --profile`: per-operator summaries from ONNX Runtime's trace and OpenVINO's performance counters."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from edge_electra.tools.bench import profile
 from edge_electra.tools.bench.cli import command
+
+from test_bench_remote import fake_openssh  # noqa: F401  (a fixture: ssh and scp stand-ins)
 
 TRACE = [  # the shape of ONNX Runtime's chrome trace: fences around each kernel, session events around runs
     {"cat": "Session", "name": "model_run", "dur": 900},
@@ -102,3 +105,19 @@ def test_bench_profile_openvino(tiny_bundle, tmp_path):
     executed = {e["node_type"] for e in raw["events"] if e["status"] == "EXECUTED"}
     assert set(ops) == executed
 
+
+
+def test_bench_profile_over_remote_brings_the_summary_and_raw_profile_back(tiny_bundle, fake_openssh, tmp_path):
+    import sys
+    bundle = tiny_bundle("sequence")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(command, [str(bundle), "--remote", "pi@device.local", "--remote-python",
+                                          sys.executable, "--out", str(out), "--profile", "--runs", "3",
+                                          "--warmup", "0", "--batch-sizes", "1", "--seq-lens", "8",
+                                          "--no-cold-start"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "bench.json").read_text())["profiles"][bundle.name]
+    raw = json.loads((out / summary["raw"]).read_text())
+    assert summary == profile.summarize(raw, 3) | {"raw": summary["raw"]}
+    gets = [c for c in fake_openssh() if c["program"] == "scp" and c["argv"][-2].startswith("pi@device.local:")]
+    assert [Path(c["argv"][-2]).name for c in gets] == ["bench.json", summary["raw"]]

@@ -1,12 +1,15 @@
 """compile's candidates: what a backend builds from (CompileRequest), building and gating one precision,
-timing the built ones together, and choosing the fastest that passes the gate.
+timing the built ones together (here, or on the device over SSH), and choosing the fastest that passes the gate.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import platform
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +92,16 @@ class CompileRequest:
 @dataclass
 class Candidate:
     precision: str
-    latency_ms: float = 0.0         # median batch-1 latency on the build machine
+    latency_ms: float = 0.0         # median batch-1 latency where the manifest's timed_on says
     accuracy: dict[str, Any] = field(default_factory=dict)   # the GateReport
     size_bytes: int = 0
     passed: bool = False
     error: str = ""                 # why it could not be built
+
+
+def staged_bundle(work: Path, precision: str) -> Path:
+    """Where build_candidate writes the bundle of one precision (the device times these)."""
+    return work / f"bundle.{precision}"
 
 
 def build_candidate(backend, request: CompileRequest, precision: str, work: Path, manifest, gate: Gate,
@@ -108,7 +116,7 @@ def build_candidate(backend, request: CompileRequest, precision: str, work: Path
         compiled = backend.compile(dataclasses.replace(request, precision=precision), workdir)
         staged = dataclasses.replace(manifest, precision=precision,
                                      runtime={**compiled.runtime, "max_batch": profile.batch.max})
-        bundle = Bundle.load(write_bundle(work / f"bundle.{precision}", staged, compiled.files, tokenizer))
+        bundle = Bundle.load(write_bundle(staged_bundle(work, precision), staged, compiled.files, tokenizer))
         runner = backend.load(bundle, threads=threads or min(profile.threads or os.cpu_count(), os.cpu_count()))
     except Exception as e:  # one precision failing (a converter's limit, TensorRT's ConfigError) must not stop the others
         log.debug("building %s failed", precision, exc_info=True)
@@ -129,6 +137,59 @@ def time_interleaved(runners: dict[str, Any], feeds: list[dict[str, np.ndarray]]
              for name, runner in runners.items()}
     samples = interleaved(calls, runs=len(feeds) * rounds, warmup=warmup)
     return {name: statistics.median(ns) / 1e6 for name, ns in samples.items()}
+
+
+def time_on_device(remote, bundles: dict[str, Path], texts: list[str], threads: int | None, rounds: int = 3,
+                   warmup: int = 3) -> tuple[dict[str, float], dict]:
+    """Median batch-1 model-only latency in ms of each bundle, measured on the device by the remote bench: the same
+    interleaved timer, on these texts at their real lengths; and the bench's description of the device."""
+    from edge_electra.cli_options import to_argv
+    from edge_electra.tools.bench.harness import BenchConfig
+    from edge_electra.tools.bench.remote import run_remote
+    with tempfile.TemporaryDirectory(prefix="edge-electra-device-timing.") as tmp:
+        data = Path(tmp) / "latency-texts.jsonl"
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        cfg = BenchConfig(batch_sizes=[1], runs=len(texts) * rounds, warmup=warmup, threads=threads,
+                          data=str(data), cold_start=False, modes=["model_only"], synthetic=False)
+        result = json.loads(run_remote(remote, list(bundles.values()), to_argv(cfg, exclude=["data"]), data)
+                            .read_text())
+    names = {Path(path).resolve().name: name for name, path in bundles.items()}
+    latencies = {names[r["bundle"]]: r["p50_ms"] for r in result["results"]
+                 if r["mode"] == "model_only" and r["source"] == "data" and r["bundle"] in names}
+    return latencies, result["system"]
+
+
+def build_machine() -> dict:
+    """Where compile runs, for the manifest's timed_on record."""
+    from edge_electra.tools.bench.sysinfo import cpu_info, emulation
+    why_emulated = emulation()
+    return {"remote": "build machine", "hostname": platform.node(), "machine": platform.machine(),
+            "cpu": cpu_info()["model"], "emulated": why_emulated is not None, "emulation": why_emulated}
+
+
+def time_candidates(candidates: list[Candidate], runners: dict[str, Any], feeds: list[dict[str, np.ndarray]],
+                    bundles: dict[str, Path], texts: list[str], remote=None) -> dict:
+    """Set the built candidates' latency_ms: timed here, interleaved, or on `remote` (a bench Remote) from their
+    bundles, with the threads they ask for; returns the timed_on record. A candidate the device could not time
+    is out of the choice."""
+    if remote is None:
+        log.info("timing the %d built variant(s) here, interleaved", len(runners))
+        latencies, timed_on = time_interleaved(runners, feeds), build_machine()
+    else:
+        log.info("timing the %d built variant(s) on %s, interleaved", len(bundles), remote.destination)
+        latencies, system = time_on_device(remote, bundles, texts, threads=None)
+        timed_on = {"remote": remote.destination, "hostname": system.get("hostname"),
+                    "machine": system.get("machine"), "cpu": system.get("cpu", {}).get("model"),
+                    "emulated": system.get("emulated"), "emulation": system.get("emulation")}
+        if timed_on["emulated"]:
+            log.warning("%s is emulated (%s): its latencies choose here, but they are not the device's",
+                        remote.destination, timed_on["emulation"])
+    for c in candidates:
+        if c.precision in latencies:
+            c.latency_ms = latencies[c.precision]
+        elif not c.error:
+            c.error = f"not timed on {timed_on['remote']}"
+    return timed_on
 
 
 def describe(c: Candidate) -> str:

@@ -5,8 +5,10 @@
 
 Steps: load the checkpoint and tokenizer; export a dynamic FP32 ONNX reference; build each candidate
 precision with the target's backend (edge_electra.build.candidates); gate each one against the FP32
-reference (edge_electra.build.gate) and time the built ones together here; keep the fastest that passes;
-write the bundle atomically. With `model_onnx` (from `quantize --method qat` or `sensitivity`), that model
+reference (edge_electra.build.gate) and time the built ones together, here or, with `remote`, on the device
+through the bench's remote path; keep the fastest that passes; write the bundle atomically. The manifest says where
+the candidates were timed (timed_on), and whether the bundle was built for another CPU architecture than this
+machine's (cross_compiled), where timings taken here say little about the device. With `model_onnx` (from `quantize --method qat` or `sensitivity`), that model
 is the only candidate, at the precision it holds; the checkpoint still gives the FP32 reference, the
 tokenizer and the labels. Everything is built in a temporary folder, so killing compile at any moment
 leaves the old bundle, or none.
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
@@ -26,13 +29,15 @@ import click
 from edge_electra import dataclass_io
 from edge_electra.atomic import sweep_dead
 from edge_electra.backends import get_backend
-from edge_electra.build.candidates import CompileRequest, build_candidate, choose, describe, time_interleaved
+from edge_electra.build.candidates import (CompileRequest, build_candidate, choose, describe, staged_bundle,
+                                           time_candidates)
 from edge_electra.build.gate import BATCH_SIZE, Budget, Gate, GateData
 from edge_electra.build.package import write_bundle
 from edge_electra.build.targets import PRECISIONS, Range, TargetProfile, load_target
 from edge_electra.errors import ConfigError, DataError
 from edge_electra.runtime import io_spec
 from edge_electra.runtime.bundle import Bundle, Manifest, library_versions, sha256
+from edge_electra.tools.bench.cli import remote_options, remote_target
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,15 @@ REPORT = "report.json"
 # What every compile uses (export, the FP32 reference); each backend adds its own (Backend.library, build_libraries).
 RUNTIME_LIBRARIES = ("onnxruntime", "onnx", "torch")
 LATENCY_TEXTS = 32
+# platform.machine()'s other names for the same architectures (macOS, Windows).
+ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
+
+
+def cross_compiled(profile: TargetProfile, machine: str | None = None) -> bool:
+    """Whether the target's CPU architecture differs from this build machine's (unknown: not cross)."""
+    def norm(arch: str) -> str:
+        return ARCH_ALIASES.get(arch.lower(), arch.lower())
+    return bool(profile.arch) and norm(profile.arch) != norm(machine or platform.machine())
 
 
 def _texts(path: str | Path | None, default) -> list[str]:
@@ -100,10 +114,11 @@ def given_model(path: str | Path, cfg, precision: str, profile: TargetProfile) -
 def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, out: str | Path,
                    precision: str = "auto", calibration: str | Path | None = None,
                    eval_data: str | Path | None = None, accept_accuracy_drop: bool = False,
-                   threads: int | None = None, model_onnx: str | Path | None = None) -> Path:
+                   threads: int | None = None, model_onnx: str | Path | None = None, remote=None) -> Path:
     """Build a bundle for `target` from a checkpoint folder (or ship `model_onnx`). Returns the bundle's path.
 
-    `threads` is what candidates are timed with here (default: the profile's, at most this machine's cores).
+    `threads` is what candidates are timed with (default here: the profile's, at most this machine's cores; on
+    the device: the bundle's). `remote` (a tools.bench.remote.Remote): time them on that device instead.
     Raises GateRefused when no candidate passes the accuracy gate (unless `accept_accuracy_drop`).
     """
     from edge_electra.build.calibration import default_texts
@@ -120,6 +135,12 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
     if not ok:
         raise ConfigError(f"target {profile.name} needs the {profile.backend} backend, which cannot build here: {why}")
     log.info("loading %s for target %s (%s)", checkpoint, profile.name, profile.backend)
+    cross = cross_compiled(profile)
+    if cross:
+        log.warning("cross-compiling: target %s is %s, this build machine is %s; %s", profile.name, profile.arch,
+                    platform.machine(), f"the candidates are timed on {remote.destination}" if remote else
+                    "the candidates are timed here, which says little about the device (time them there with "
+                    "--remote USER@HOST)")
     folder = resolve(checkpoint)
     model, _ = load_pretrained(folder)
     model.eval()
@@ -151,7 +172,7 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
             task=cfg.task, labels=list(cfg.labels), slot_labels=list(cfg.slot_labels), backend=profile.backend,
             precision="", inputs=inputs, outputs=outputs, target=profile.name,
             tokenizer={**tokenizer.settings(), "max_length": profile.seq.max, "buckets": list(profile.buckets)},
-            source=source, versions=_versions(backend))
+            source=source, versions=_versions(backend), cross_compiled=cross)
         wanted = [held] if given is not None else profile.precisions if precision == "auto" else [precision]
         candidates, built, runners = [], {}, {}
         for i, p in enumerate(wanted, 1):
@@ -161,10 +182,14 @@ def compile_bundle(checkpoint: str | Path, target: str | Path | TargetProfile, o
             if compiled is not None:
                 built[p], runners[p] = compiled, runner
         if runners:
-            log.info("timing the %d built variant(s) here, interleaved", len(runners))
-            feeds = [tokenizer([t], buckets=profile.buckets).arrays() for t in data.texts[:LATENCY_TEXTS]]
-            for name, ms in time_interleaved(runners, feeds).items():
-                next(c for c in candidates if c.precision == name).latency_ms = ms
+            texts = data.texts[:LATENCY_TEXTS]
+            feeds = [tokenizer([t], buckets=profile.buckets).arrays() for t in texts]
+            manifest.timed_on = time_candidates(candidates, runners, feeds,
+                                                {p: staged_bundle(work, p) for p in runners}, texts, remote)
+            if remote is not None and cross_compiled(profile, manifest.timed_on.get("machine") or profile.arch):
+                log.warning("the device %s is %s, but target %s is %s: its latencies may not rank the candidates "
+                            "as the target would", remote.destination, manifest.timed_on.get("machine"),
+                            profile.name, profile.arch)
         runners.clear()
         for candidate in candidates:
             log.info("  %-13s %s", candidate.precision, describe(candidate))
@@ -213,10 +238,14 @@ def _checkpoint_hash(folder: Path) -> str:
 @click.option("--threads", type=int, default=None,
               help="Threads for building and timing the candidates here (default: the profile's, at most this "
                    "machine's cores). The bundle keeps the profile's setting.")
-def command(checkpoint, target, out, precision, model_onnx, calibration, eval_data, accept_accuracy_drop, threads):
+@remote_options("Time the candidates on this device over SSH (the bench's remote path) and choose by its "
+                "latencies; without it they are timed on this build machine.")
+def command(checkpoint, target, out, precision, model_onnx, calibration, eval_data, accept_accuracy_drop, threads,
+            remote, ssh_key, ssh_option, remote_python):
     """Build a bundle for a target device from CHECKPOINT (a checkpoint folder)."""
     import torch
     torch.set_num_threads(threads or min(2, torch.get_num_threads()))
+    device = remote_target(remote, ssh_key, ssh_option, remote_python) if remote else None
     path = compile_bundle(checkpoint, target, out, precision, calibration, eval_data, accept_accuracy_drop,
-                          threads=threads, model_onnx=model_onnx)
+                          threads=threads, model_onnx=model_onnx, remote=device)
     click.echo(Bundle.load(path).summary())

@@ -52,6 +52,9 @@ class TargetProfile:
     accuracy_budget: float = 0.5
     # What was checked where, e.g. "compile + run + parity on x86-64 AVX2 (onnxruntime 1.32 CPU)".
     verified: list[str] = field(default_factory=list)
+    # The device's CPU architecture as platform.machine() names it on Linux (aarch64, x86_64); "" for any.
+    # compile says a bundle is cross-compiled when it differs from the build machine's.
+    arch: str = ""
 
     def __post_init__(self):
         validate(self)

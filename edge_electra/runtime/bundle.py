@@ -61,6 +61,10 @@ class Manifest:
     accuracy: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    # Where the candidates' latencies were measured (the build machine, or a device over SSH), and whether the
+    # bundle was built on a machine of another CPU architecture than the target's.
+    timed_on: dict[str, Any] = field(default_factory=dict)
+    cross_compiled: bool = False
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
