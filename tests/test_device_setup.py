@@ -101,7 +101,7 @@ def test_bench_remote_uses_the_device_setup_venv_by_default(tiny_bundle, fake_op
     result = bench_remotely(tiny_bundle("sequence"), tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "venv-ran").read_text().count("ran") == 1   # the bench ran in the venv's python
-    bench_call = next(c for c in fake_openssh() if "bench" in c["argv"][-1])
+    bench_call = next(c for c in fake_openssh() if "edge_electra.cli" in c["argv"][-1])
     assert '"$HOME"' in bench_call["argv"][-1]   # the device's home, expanded there
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from edge_electra.errors import ConfigError
-from edge_electra.tools.bench.remote import DEVICE_VENV, Remote, device_path, stage_bundle
+from edge_electra.tools.bench.remote import DEVICE_VENV, Remote, device_path, device_tempdir, stage_bundle
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ def setup_device(remote, plan: SetupPlan) -> list[str]:
             for wheel in local:
                 shutil.copyfile(wheel, Path(tmp) / "wheels" / wheel.name)
             uploads.append(Path(tmp) / "wheels")
-        workdir = remote.ssh("mktemp -d -t edge-electra-setup.XXXXXX").strip()
-        if not workdir.startswith("/"):
-            raise ConfigError(f"could not make a temporary folder on {remote.host} (got {workdir!r})")
-        try:
+        with device_tempdir(remote, "edge-electra-setup") as workdir:
             remote.put(uploads, workdir)
             done.append(f"copied {uploads[0].name}" + (f" and {len(local)} wheels from {plan.wheels}"
                                                        if plan.wheels is not None else "") + f" to {workdir}")
@@ -163,8 +160,6 @@ def setup_device(remote, plan: SetupPlan) -> list[str]:
             done.append(f"installed {', '.join(packages)} {origin}, and {uploads[0].name} without dependencies")
             versions = remote.ssh(f"{venv}/bin/python -c {shlex.quote(_versions_script(packages))}", timeout=600)
             done.append("the venv holds " + versions.strip())
-        finally:
-            remote.ssh(f"rm -rf {shlex.quote(workdir)}", timeout=120)
     return done
 
 
@@ -184,16 +179,11 @@ def run_probe(remote, bundle: Path, texts: list[str], venv: str = DEVICE_VENV) -
         staging = Path(tmp) / "check"
         stage_bundle(bundle, staging / "bundle")
         (staging / "texts.json").write_text(json.dumps(texts))
-        workdir = remote.ssh("mktemp -d -t edge-electra-check.XXXXXX").strip()
-        if not workdir.startswith("/"):
-            raise ConfigError(f"could not make a temporary folder on {remote.host} (got {workdir!r})")
-        try:
+        with device_tempdir(remote, "edge-electra-check") as workdir:
             remote.put([staging], workdir)
             args = " ".join(shlex.quote(f"{workdir}/check/{name}") for name in ("bundle", "texts.json"))
             out = remote.ssh(f"if [ -x {python} ]; then {python} -c {shlex.quote(PROBE)} {args} "
                              f"{shlex.quote(library)}; else echo '{{\"venv\": false}}'; fi", timeout=1800)
-        finally:
-            remote.ssh(f"rm -rf {shlex.quote(workdir)}", timeout=120)
     return json.loads(out.strip().splitlines()[-1])
 
 

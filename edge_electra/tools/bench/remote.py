@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,20 @@ def remote_bench_command(remote: Remote, workdir: str, bench_argv: list[str]) ->
             + " ".join(map(shlex.quote, argv)))
 
 
+@contextlib.contextmanager
+def device_tempdir(remote: Remote, prefix: str) -> Iterator[str]:
+    """A temporary folder on the device (its absolute path), removed afterwards."""
+    workdir = remote.ssh(f"mktemp -d -t {shlex.quote(prefix)}.XXXXXX").strip()
+    if not workdir.startswith("/"):
+        raise ConfigError(f"could not make a temporary folder on {remote.host} (got {workdir!r})")
+    try:
+        yield workdir
+    finally:
+        # A failed clean-up must not hide the error that got us here; the folder is in the device's tmp.
+        with contextlib.suppress(ConfigError):
+            remote.ssh(f"rm -rf {shlex.quote(workdir)}", timeout=120)
+
+
 def run_remote(remote: Remote, bundles: list[Path], bench_args: list[str], data: Path | None) -> Path:
     """Run `edge-electra bench` on the device with `bench_args`; return the fetched bench.json (a local path)."""
     with tempfile.TemporaryDirectory(prefix="edge-electra-remote.") as tmp:
@@ -205,17 +220,10 @@ def run_remote(remote: Remote, bundles: list[Path], bench_args: list[str], data:
         if data is not None:
             uploads.append(staging / f"data{Path(data).suffix}")
             shutil.copyfile(data, uploads[-1])
-        workdir = remote.ssh("mktemp -d -t edge-electra-bench.XXXXXX").strip()
-        if not workdir.startswith("/"):
-            raise ConfigError(f"could not make a temporary folder on {remote.host} (got {workdir!r})")
-        try:
+        with device_tempdir(remote, "edge-electra-bench") as workdir:
             log.info("copying %d bundle(s) and the runtime to %s:%s", len(bundles), remote.destination, workdir)
             remote.put(uploads, workdir)
             return _bench_there(remote, workdir, names, bench_args, data)
-        finally:
-            # A failed clean-up must not hide the error that got us here; the folder is in the device's tmp.
-            with contextlib.suppress(ConfigError):
-                remote.ssh(f"rm -rf {shlex.quote(workdir)}", timeout=120)
 
 
 def _bench_there(remote: Remote, workdir: str, names: list[str], bench_args: list[str], data: Path | None) -> Path:

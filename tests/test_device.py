@@ -1,0 +1,122 @@
+"""On a device over SSH (`make device-test` starts the emulated arm64 one, device/README.md): `device setup`
+from its offline wheels, a small joint intent+slot model compiled for raspberry-pi-5 and android-arm64 at every
+precision each allows, each bundle run there through `bench --remote` and `device check`, and its intents and
+slots compared with this machine's."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.device
+
+DEVICE = os.environ.get("EDGE_ELECTRA_DEVICE")
+if not DEVICE:
+    pytest.skip("EDGE_ELECTRA_DEVICE is unset: run `make device-test` (the emulated arm64 device) or export "
+                "EDGE_ELECTRA_DEVICE=user@host for a real one", allow_module_level=True)
+pytest.importorskip("torch")
+
+from edge_electra.cli import main  # noqa: E402
+
+PORT = os.environ.get("EDGE_ELECTRA_DEVICE_PORT")
+TARGETS = ("raspberry-pi-5", "android-arm64")
+GATE = 0.99   # top-1 and slot agreement with this machine's predictions
+EVIDENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "arm64-emulated-bench.json"
+
+
+def ssh_flags() -> list[str]:
+    """SSH options after USER@HOST: the device's key and a known_hosts with its host key, checked."""
+    flags = ["--ssh-key", os.environ["EDGE_ELECTRA_DEVICE_KEY"]] if os.environ.get("EDGE_ELECTRA_DEVICE_KEY") else []
+    if os.environ.get("EDGE_ELECTRA_DEVICE_KNOWN_HOSTS"):
+        flags += ["--ssh-option", "StrictHostKeyChecking=yes",
+                  "--ssh-option", f"UserKnownHostsFile={os.environ['EDGE_ELECTRA_DEVICE_KNOWN_HOSTS']}"]
+    return flags
+
+
+def run(*args) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, f"edge-electra {' '.join(map(str, args))}: {result.output}"
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def device_venv():
+    """`device setup` once: offline from the device's wheels where it has them, else from the package index."""
+    wheels = os.environ.get("EDGE_ELECTRA_DEVICE_WHEELS")
+    port = ["--port", PORT] if PORT else []
+    return run("device", "setup", DEVICE, *port, *ssh_flags(), "--python",
+               os.environ.get("EDGE_ELECTRA_DEVICE_PYTHON", "python3"), *(["--remote-wheels", wheels] if wheels else []))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from edge_electra.tools import builtin_data
+    return builtin_data.write(tmp_path_factory.mktemp("device") / "data")
+
+
+@pytest.fixture(scope="module")
+def bundles(data, tmp_path_factory):
+    """{target/precision: bundle} from a tiny joint model fine-tuned briefly on the built-in data."""
+    from edge_electra.build.targets import load_target
+    from edge_electra.train import DistillConfig, finetune
+    out = tmp_path_factory.mktemp("device-build")
+    checkpoint = finetune(DistillConfig(data=str(data), out=str(out / "train"), preset="tiny", epochs=2, lr=2e-3,
+                                        batch_size=32, max_length=32, threads=2, patience=0, resume=False))
+    built = {}
+    for target in TARGETS:
+        for precision in load_target(target).precisions:
+            dest = out / f"{target}-{precision}"
+            run("compile", checkpoint, "--target", target, "--precision", precision, "--out", dest,
+                "--calibration", data / "train.jsonl", "--eval", data / "validation.jsonl",
+                "--accept-accuracy-drop", "--threads", 2)
+            built[f"{target}/{precision}"] = dest
+    return built
+
+
+def test_the_device_venv_holds_the_run_time_only(device_venv):
+    assert "edge-electra" in device_venv and "onnxruntime" in device_venv
+    assert "torch" not in device_venv and "tomli" not in device_venv
+
+
+def test_every_bundle_runs_there_under_the_remote_bench(device_venv, bundles, data, tmp_path):
+    spec = f"{DEVICE}:{PORT}" if PORT else DEVICE
+    table = run("bench", *bundles.values(), "--remote", spec, *ssh_flags(), "--data", data / "test.jsonl",
+                "--runs", 2, "--warmup", 1, "--batch-sizes", 1, "--seq-lens", 16, "--no-cold-start", "--threads", 1,
+                "--out", tmp_path / "bench")
+    result = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    system = result["system"]
+    assert {b["name"] for b in result["bundles"]} == {p.name for p in bundles.values()}
+    assert all(b["accuracy"]["intent_accuracy"] > 0 for b in result["bundles"])
+    loopback = DEVICE.split("@")[-1] in ("127.0.0.1", "localhost")
+    if loopback and system["machine"] != platform.machine():   # another architecture on this host: an emulator
+        assert system["emulated"] is True and "EMULATED" in table
+        EVIDENCE.write_text(json.dumps(result, indent=1) + "\n")
+    assert system["machine"] == "aarch64"   # the targets here are ARM: so must the device be
+
+
+def agreement(here, there) -> tuple[float, float]:
+    """Top-1 intent agreement, and slot-tag agreement over every word, of two prediction lists."""
+    intents = sum(a.label == b["label"] for a, b in zip(here, there)) / len(here)
+    tags = [(tag, b_tag) for a, b in zip(here, there) for (_, tag), (_, b_tag) in zip(a.slots, b["slots"])]
+    assert len(tags) == sum(len(a.slots) for a in here)
+    return intents, sum(x == y for x, y in tags) / len(tags)
+
+
+@pytest.mark.parametrize("name", [f"{t}/{p}" for t in TARGETS for p in ("int8-dynamic", "int8-static", "fp32")])
+def test_device_check_passes_and_the_device_agrees_with_this_machine(device_venv, bundles, data, tmp_path, name):
+    from edge_electra import Predictor
+    from edge_electra.data import read_text_lines
+    bundle = bundles[name]
+    port = ["--port", PORT] if PORT else []
+    output = run("device", "check", DEVICE, bundle, *port, *ssh_flags(), "--texts", data / "test.jsonl",
+                 "--json", tmp_path / "check.json")
+    assert f"{bundle} runs on {DEVICE}" in output
+    report = json.loads((tmp_path / "check.json").read_text())
+    texts = list(read_text_lines([data / "test.jsonl"]))
+    here = Predictor.load(bundle).predict_batch(texts)
+    intents, slots = agreement(here, report["predictions"])
+    assert intents >= GATE and slots >= GATE, (name, report["machine"], intents, slots)
