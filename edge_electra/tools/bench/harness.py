@@ -217,8 +217,10 @@ def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: c
                 row.update(compute_floor(subject, case.batch, padded, row["p50_ms"], system["gemm_gflops"]))
             results.append(row)
     bundles = []
+    measured = " and ".join(what for what, on in (("cold start", cfg.cold_start), ("accuracy", dataset)) if on)
     for s in subjects:
-        say(f"measuring cold start and accuracy of {s.name}")
+        if measured:
+            say(f"measuring {measured} of {s.name}")
         bundles.append(describe(s, cfg, dataset))
     result = {"format": 1, "config": to_dict(cfg), "system": system, "bundles": bundles, "results": results}
     if cfg.profile:

@@ -100,8 +100,10 @@ def table(profiles: dict[str, dict], top: int = TOP) -> str:
 def markdown(profiles: dict[str, dict], system: dict, top: int = TOP) -> str:
     """The same summary as a markdown table per bundle, headed by the machine it ran on."""
     cpu = system.get("cpu", {})
-    emulated = " (emulated: shares only, not device times)" if system.get("emulated") else ""
-    lines = [f"Machine: {system.get('machine', '?')}, {cpu.get('model', '?')}{emulated}", ""]
+    emulated = (f"; emulated ({system.get('emulation')}): the shares say where time goes, the times are not the "
+                "device's" if system.get("emulated") else "")
+    lines = [f"Machine: {system.get('machine', '?')}, CPU {cpu.get('model', '?')} "
+             f"(flags {' '.join(cpu.get('flags', [])) or '-'}){emulated}", ""]
     for name, summary in profiles.items():
         if "error" in summary:
             lines += [f"## {name}", "", f"no profile: {summary['error']}", ""]
