@@ -56,7 +56,7 @@ def hf_config(c):
         max_position_embeddings=c.max_position, layer_norm_eps=c.layer_norm_eps)
 
 
-def hf_step_module(disc_cfg, gen_cfg, mask_prob: float, rtd_weight: float = 50.0):
+def hf_step_module(disc_cfg, gen_cfg, mask_prob: float, rtd_weight: float = 50.0, special=SPECIAL, mask_id=MASK_ID):
     """The same RTD step written with ElectraForMaskedLM + ElectraForPreTraining (shared embeddings)."""
     import transformers
 
@@ -69,10 +69,10 @@ def hf_step_module(disc_cfg, gen_cfg, mask_prob: float, rtd_weight: float = 50.0
             self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
 
         def forward(self, input_ids):
-            positions, _ = choose_masked(input_ids, torch.tensor(SPECIAL, device=input_ids.device), mask_prob)
+            positions, _ = choose_masked(input_ids, torch.tensor(special, device=input_ids.device), mask_prob)
             is_masked = torch.zeros_like(input_ids, dtype=torch.bool).scatter(1, positions, True)
             labels = input_ids.masked_fill(~is_masked, -100)
-            gen = self.generator(input_ids=input_ids.masked_fill(is_masked, MASK_ID), labels=labels)
+            gen = self.generator(input_ids=input_ids.masked_fill(is_masked, mask_id), labels=labels)
             with torch.no_grad():
                 probs = torch.softmax(gen.logits.float()[is_masked], -1)
                 corrupted = input_ids.clone()
