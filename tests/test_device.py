@@ -9,6 +9,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -98,16 +99,21 @@ def test_every_bundle_runs_there_under_the_remote_bench(device_venv, bundles, da
     assert system["machine"] == "aarch64"   # the targets here are ARM: so must the device be
 
 
-def agreement(here, there) -> tuple[float, float]:
-    """Top-1 intent agreement, and slot-tag agreement over every word, of two prediction lists."""
-    intents = sum(a.label == b["label"] for a, b in zip(here, there)) / len(here)
+def agreement(here, there) -> dict[str, float]:
+    """Of two prediction lists: top-1 agreement of the labels given (after the out-of-scope threshold) and of
+    the most probable intents (before it), slot-tag agreement over every word, largest probability difference."""
     tags = [(tag, b_tag) for a, b in zip(here, there) for (_, tag), (_, b_tag) in zip(a.slots, b["slots"])]
     assert len(tags) == sum(len(a.slots) for a in here)
-    return intents, sum(x == y for x, y in tags) / len(tags)
+    probabilities = np.array([a.probabilities for a in here]), np.array([b["probabilities"] for b in there])
+    return {"labels": float(np.mean([a.label == b["label"] for a, b in zip(here, there)])),
+            "top1": float(np.mean(probabilities[0].argmax(1) == probabilities[1].argmax(1))),
+            "slots": sum(x == y for x, y in tags) / len(tags),
+            "max_probability_difference": float(np.abs(probabilities[0] - probabilities[1]).max())}
 
 
 @pytest.mark.parametrize("name", [f"{t}/{p}" for t in TARGETS for p in ("int8-dynamic", "int8-static", "fp32")])
-def test_device_check_passes_and_the_device_agrees_with_this_machine(device_venv, bundles, data, tmp_path, name):
+def test_device_check_passes_and_the_device_agrees_with_this_machine(device_venv, bundles, data, tmp_path, name,
+                                                                     record_property):
     from edge_electra import Predictor
     from edge_electra.data import read_text_lines
     bundle = bundles[name]
@@ -117,6 +123,11 @@ def test_device_check_passes_and_the_device_agrees_with_this_machine(device_venv
     assert f"{bundle} runs on {DEVICE}" in output
     report = json.loads((tmp_path / "check.json").read_text())
     texts = list(read_text_lines([data / "test.jsonl"]))
-    here = Predictor.load(bundle).predict_batch(texts)
-    intents, slots = agreement(here, report["predictions"])
-    assert intents >= GATE and slots >= GATE, (name, report["machine"], intents, slots)
+    here = Predictor.load(bundle).predict_batch(texts, probabilities=True)
+    agreed = agreement(here, report["predictions"])
+    for key, value in agreed.items():
+        record_property(key, value)   # in --junitxml: what the device measured
+    assert min(agreed["labels"], agreed["top1"], agreed["slots"]) >= GATE, (name, report["machine"], agreed)
+    # The same model in another build of the runtime: probabilities as close as float arithmetic allows
+    # (OpenVINO's f16 default on ARM is not used by these onnx-mobile targets).
+    assert agreed["max_probability_difference"] < 0.02, (name, agreed)

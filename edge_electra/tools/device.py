@@ -58,8 +58,10 @@ except Exception as e:
 try:
     from edge_electra.runtime.predictor import Predictor
     texts = json.load(open(texts_file))
-    predictions = Predictor.load(bundle).predict_batch(texts)
-    out["predictions"] = [{"label": p.label, "score": p.score, "slots": p.slots} for p in predictions]
+    predictions = Predictor.load(bundle).predict_batch(texts, probabilities=True)
+    out["predictions"] = [{"label": p.label, "score": p.score, "slots": p.slots,
+                           "probabilities": None if p.probabilities is None else p.probabilities.tolist()}
+                          for p in predictions]
 except Exception as e:
     out["load_error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
@@ -171,7 +173,7 @@ def _versions_script(packages: list[str]) -> str:
 
 def run_probe(remote, bundle: Path, texts: list[str], venv: str = DEVICE_VENV) -> dict:
     """Load `bundle` on the device in `venv` and predict `texts` there: the probe's report (PROBE), with
-    "venv": False when the venv is missing. Predictions come back as {"label", "score", "slots"}."""
+    "venv": False when the venv is missing. Predictions come back as {"label", "score", "slots", "probabilities"}."""
     from edge_electra.runtime.bundle import Bundle
     library = backend_library(Bundle.load(bundle).manifest.backend) or "numpy"
     python = device_path(venv + "/bin/python")
