@@ -149,3 +149,12 @@ def test_the_project_wheel_carries_the_runtime_and_the_device_profiles(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "edge_electra/runtime/predictor.py" in names and "edge_electra/tools/bench/remote.py" in names
     assert any(n.endswith("data/share/edge-electra/targets/raspberry-pi-5.toml") for n in names)
+
+
+def test_an_arm_cpu_is_named_by_its_part_number(tmp_path):
+    from edge_electra.tools.bench.sysinfo import cpu_info
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd0b\n")
+    assert cpu_info(cpuinfo)["model"] == "Cortex-A76"   # Raspberry Pi 5; ARM Linux writes no "model name"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t: avx2\n")
+    assert cpu_info(cpuinfo)["model"] == "AMD EPYC"

@@ -17,6 +17,9 @@ from edge_electra.runtime.bundle import library_versions
 # CPU features that decide which kernels a runtime can use.
 INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                      "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
+# Arm's part numbers (/proc/cpuinfo "CPU part") of the cores in the device profiles and their neighbours.
+ARM_CORES = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+             "0xd41": "Cortex-A78", "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0xd0c": "Neoverse-N1"}
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 # Architecture families: a 32-bit user space on a 64-bit kernel of the same family (armv7l on an aarch64 Pi
 # kernel) is native, not emulated.
@@ -37,6 +40,8 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
                 model = value.strip()
             elif key in ("flags", "features"):
                 flags.update(value.split())
+            elif key == "cpu part" and model == platform.machine():   # ARM Linux names no model: its part does
+                model = ARM_CORES.get(value.strip().lower(), f"ARM part {value.strip()}")
     return {"model": model, "flags": [f for f in INTERESTING_FLAGS if f in flags],
             "logical_cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
