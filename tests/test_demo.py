@@ -10,8 +10,7 @@ def test_demo_builds_gated_bundles_and_a_report(tmp_path, monkeypatch):
 
     from edge_electra.runtime.bundle import Bundle
     from edge_electra.tools.demo import DemoConfig, run_demo, summary
-    monkeypatch.setenv("EDGE_ELECTRA_SHARED", str(tmp_path / "no-shared"))   # the from-scratch path
-    outcome = run_demo(DemoConfig(out=str(tmp_path / "build"), epochs=2, threads=1, bench_runs=3))
+    outcome = run_demo(DemoConfig(out=str(tmp_path / "build"), preset="tiny", epochs=2, threads=1, bench_runs=3))
     bundles = {b["name"]: b for b in outcome.bench["bundles"]}
     assert set(bundles) == {"x86-avx2-cpu", "x86-vnni-cpu", "torch-reference"}
     backends = {name: Bundle.load(tmp_path / "build" / "bundles" / name).manifest.backend for name in bundles}

@@ -6,7 +6,6 @@ against torch eager → a table, bundles and a PNG report in the output folder.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +13,13 @@ from pathlib import Path
 import click
 
 from edge_electra.cli_options import config_from_flags, dataclass_options, option_field
+from edge_electra import default_encoder
 from edge_electra.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Epochs and learning rate that fine-tune the shipped encoder on the built-in data (benchmarks/training.md §6).
+SHIPPED_RECIPE = (15, 2e-3)
 # What the built-in tiny student reaches on the built-in test split when trained from scratch here.
 EXPECTED_FROM_SCRATCH = "85-94% intent accuracy on its test split"
 
@@ -28,20 +30,21 @@ class DemoConfig:
                             click={"type": click.Path(file_okay=False)})
     init: str | None = option_field(None, help="A pretrained ELECTRA checkpoint folder to start from.",
                                     click={"type": click.Path()})
+    preset: str | None = option_field(None, help="Train a fresh student of this shape (tiny: the fast from-scratch "
+                                                 "path) instead of fine-tuning the shipped pre-trained encoder.")
     epochs: int = option_field(40, help="Epochs for a from-scratch student.")
     threads: int = option_field(2, help="CPU threads for training and timing.")
     targets: list[str] = field(default_factory=lambda: ["x86-avx2-cpu", "x86-vnni-cpu"])
     bench_runs: int = 60
 
 
-def pretrained_electra(explicit: str | None) -> Path | None:
-    """A user-given checkpoint, else released ELECTRA-Small weights in ../shared when they are there."""
+def pretrained_electra(explicit: str | None, preset: str | None = None) -> Path | None:
+    """A user-given checkpoint; none when a fresh `preset` model is asked for; else the shipped encoder."""
     if explicit:
         if not Path(explicit).is_dir():
             raise ConfigError(f"--init {explicit} is not a checkpoint folder")
         return Path(explicit)
-    shared = Path(os.environ.get("EDGE_ELECTRA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    return next(iter(sorted(shared.glob("models/electra-small*discriminator*"))), None)
+    return None if preset else default_encoder.folder()
 
 
 class Steps:
@@ -80,15 +83,15 @@ def run_demo(cfg: DemoConfig) -> DemoOutcome:
              f"{len(splits['test'])} test utterances, {len(splits['train'].labels)} intents incl. out-of-scope, "
              f"{len(splits['train'].slot_labels)} slot tags")
 
-    init = pretrained_electra(cfg.init)
+    init = pretrained_electra(cfg.init, cfg.preset)
     if init:
         step(f"fine-tuning the pretrained ELECTRA in {init} (intent + slots)")
-        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), init=str(init), epochs=3, lr=1e-4,
-                                  batch_size=32, max_length=32, threads=cfg.threads, patience=0)
+        epochs, lr = SHIPPED_RECIPE if init == default_encoder.folder() else (3, 1e-4)
+        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), init=str(init), epochs=epochs, lr=lr,
+                                  batch_size=32, max_length=32, threads=cfg.threads, patience=0, resume=False)
     else:
-        step(f"training a tiny student from scratch (intent + slots): no pretrained ELECTRA weights were given "
-             f"(--init) or found in ../shared; expect {EXPECTED_FROM_SCRATCH}")
-        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), preset="tiny", epochs=cfg.epochs,
+        step(f"training a {cfg.preset} student from scratch (intent + slots); expect {EXPECTED_FROM_SCRATCH}")
+        train_cfg = DistillConfig(data=str(data), out=str(out / "train"), preset=cfg.preset, epochs=cfg.epochs,
                                   lr=2e-3, batch_size=16, max_length=32, threads=cfg.threads, patience=0,
                                   resume=False)
     checkpoint = finetune(train_cfg)
@@ -130,7 +133,7 @@ def summary(outcome: DemoOutcome) -> str:
 
 
 @click.command()
-@dataclass_options(DemoConfig, only=("out", "init", "epochs", "threads"))
+@dataclass_options(DemoConfig, only=("out", "init", "preset", "epochs", "threads"))
 def command(**flags):
     """Run the whole pipeline on the built-in dataset: train, quantize, compile, benchmark."""
     from edge_electra.tools.bench import report
