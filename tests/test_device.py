@@ -79,8 +79,16 @@ def bundles(data, tmp_path_factory):
 
 
 def test_the_device_venv_holds_the_run_time_only(device_venv):
+    from edge_electra.tools.bench.remote import DEVICE_VENV, Remote, device_path
     assert "edge-electra" in device_venv and "onnxruntime" in device_venv
-    assert "torch" not in device_venv and "tomli" not in device_venv
+    flags = ssh_flags()
+    options = [value for flag, value in zip(flags[::2], flags[1::2]) if flag == "--ssh-option"]
+    remote = Remote.parse(DEVICE, key=os.environ.get("EDGE_ELECTRA_DEVICE_KEY"), options=options)
+    remote.port = int(PORT) if PORT else None
+    installed = remote.ssh(f"{device_path(DEVICE_VENV + '/bin/python')} -m pip list --format=freeze")
+    names = {line.split("==")[0].lower().replace("_", "-") for line in installed.split()}
+    assert {"edge-electra", "numpy", "tokenizers", "click", "onnxruntime"} <= names
+    assert not names & {"torch", "tomli-w", "onnx", "safetensors", "nncf", "transformers"}, names
 
 
 def test_every_bundle_runs_there_under_the_remote_bench(device_venv, bundles, data, tmp_path):
