@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,7 @@ from torch import nn
 from edge_electra import data as data_io
 from edge_electra import dataclass_io
 from edge_electra.atomic import atomic_file
+from edge_electra.cli_options import dataclass_options, option_field
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset as model_preset
 from edge_electra.errors import ConfigError
@@ -40,43 +41,52 @@ from edge_electra.train.options import config_from_cli, trained_tokenizer
 from edge_electra.train.signals import Intermediate
 from edge_electra.train.teacher import BACKENDS, has_task_head, teacher_outputs, word_slots
 
+# DistillConfig fields only distill has as flags, not finetune
+TEACHER_ONLY = ("teacher", "teacher_backend", "unlabelled", "temperature", "kd_weight", "ce_weight", "hidden_weight",
+                "attention_weight", "augment", "teacher_epochs", "teacher_lr", "teacher_patience")
 TEACHER_FOLDER = "teacher"             # OUT/teacher: the fine-tuned teacher of a bare-encoder --teacher
 
 
 @dataclass
 class DistillConfig(placement.RunSettings):
-    data: str                          # a dataset folder (train/validation/test .jsonl) or a training file
-    out: str = "runs/distill"
-    validation: str | None = None      # default: the folder's validation split, else 10% of train
-    test: str | None = None
-    teacher: str | None = None         # None: plain fine-tuning
-    teacher_backend: Literal["auto", "edge_electra", "transformers"] = "auto"
-    init: str | None = None            # student checkpoint; None: a fresh `preset` model
-    preset: str = "small"
-    num_layers: int | None = None      # keep this many encoder layers
-    layer_selection: Literal["even", "first"] = "even"
-    tokenizer: str | None = None       # for a fresh student: vocab.txt, tokenizer.json or a folder
-    unlabelled: list[str] = field(default_factory=list)  # in-domain text the teacher labels
-    temperature: float = 2.0
-    kd_weight: float = 0.5
-    ce_weight: float = 0.5
-    hidden_weight: float = 0.0
-    attention_weight: float = 0.0
-    augment: int = 0                   # augmented copies of each training utterance, labelled by the teacher
-    teacher_epochs: int = 10           # fine-tuning a bare-encoder teacher: at most this many epochs ...
-    teacher_lr: float = 1e-4
-    teacher_patience: int = 2          # ... stopping after this many half-epoch evaluations without improvement
-    max_length: int = 64
-    epochs: int = 3
-    max_steps: int = 0                 # stop (and end the schedule) after this many steps; 0 = all epochs
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    eval_every: int = 0                # steps; 0 = at the end of each epoch
-    patience: int = 3                  # evaluations without improvement before stopping; 0 = never stop
-    save_every: int = 200
-    log_every: int = 50
+    """Each field is also a flag of `distill` (all) and `finetune` (all but the teacher's)."""
+    data: str = option_field(help="Dataset folder (train/validation/test.jsonl) or a training file.")
+    out: str = option_field("runs/distill", help="Run folder (checkpoints, metrics, state).")
+    validation: str | None = option_field(
+        None, help="Validation file (default: the folder's validation split, else 10% of train).")
+    test: str | None = option_field(None, help="Test file, evaluated with the best checkpoint.")
+    teacher: str | None = option_field(
+        None, help="Teacher folder: an edge-electra checkpoint or a HF sequence classifier (none: fine-tuning).")
+    teacher_backend: Literal["auto", "edge_electra", "transformers"] = option_field(
+        "auto", help="How to run the teacher.")
+    init: str | None = option_field(None, help="Student checkpoint folder (ELECTRA or BERT, HF layout).")
+    preset: str = option_field("small", help="Model preset for a fresh student: small, mini, tiny or base.")
+    num_layers: int | None = option_field(None, help="Keep this many encoder layers.")
+    layer_selection: Literal["even", "first"] = option_field("even", help="Which layers to keep.")
+    tokenizer: str | None = option_field(None, help="vocab.txt, tokenizer.json or folder for a fresh student.")
+    unlabelled: list[str] = option_field(
+        default_factory=list, help="In-domain text (one a line, or JSONL) for the teacher to label.")
+    temperature: float = option_field(2.0, help="Distillation temperature T.")
+    kd_weight: float = option_field(0.5, help="Weight of the distillation term.")
+    ce_weight: float = option_field(0.5, help="Weight of the hard-label cross-entropy when distilling.")
+    hidden_weight: float = option_field(0.0, help="Weight of the hidden-state MSE, layer to mapped layer (0: off).")
+    attention_weight: float = option_field(0.0, help="Weight of the attention-distribution KL (0: off).")
+    augment: int = option_field(0, help="Augmented copies of each training utterance for the teacher to label.")
+    teacher_epochs: int = option_field(10, help="At most this many epochs to fine-tune a bare-encoder teacher.")
+    teacher_lr: float = option_field(1e-4, help="Learning rate of that fine-tuning.")
+    teacher_patience: int = option_field(
+        2, help="Half-epoch evaluations without improvement before the teacher's fine-tuning stops.")
+    max_length: int = option_field(64, help="Tokens per utterance.")
+    epochs: int = option_field(3, help="Passes over the training set.")
+    max_steps: int = option_field(0, help="Stop (and end the schedule) after this many steps (0: all epochs).")
+    batch_size: int = option_field(32, help="Utterances per step and process.")
+    lr: float = option_field(1e-4, help="Peak learning rate.")
+    weight_decay: float = option_field(0.01, help="AdamW weight decay (not on biases and LayerNorm).")
+    warmup_ratio: float = option_field(0.1, help="Share of the steps spent warming up.")
+    eval_every: int = option_field(0, help="Steps between evaluations (0: each epoch).")
+    patience: int = option_field(3, help="Evaluations without improvement before stopping (0: never).")
+    save_every: int = option_field(200, help="Steps between state checkpoints.")
+    log_every: int = option_field(50, help="Steps between logged metric rows.")
 
     def __post_init__(self):
         if self.teacher_backend not in BACKENDS:
@@ -341,61 +351,21 @@ def finetune(cfg: DistillConfig) -> Path:
     return run(cfg)
 
 
-def _options(command):
-    """The flags distill and finetune share; each maps onto a DistillConfig field."""
-    for decorator in reversed([
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                     help="A TOML/JSON DistillConfig; flags override it."),
-        click.option("--data", help="Dataset folder (train/validation/test.jsonl) or a training file."),
-        click.option("--out", help="Run folder (checkpoints, metrics, state)."),
-        click.option("--validation", help="Validation file (default: the folder's split, else 10% of train)."),
-        click.option("--test", help="Test file, evaluated with the best checkpoint."),
-        click.option("--init", help="Student checkpoint folder (ELECTRA or BERT, HF layout)."),
-        click.option("--preset", help="Model preset for a fresh student: small, tiny or base."),
-        click.option("--num-layers", type=int, help="Keep this many encoder layers."),
-        click.option("--layer-selection", type=click.Choice(["even", "first"]), help="Which layers to keep."),
-        click.option("--tokenizer", help="vocab.txt, tokenizer.json or folder for a fresh student."),
-        click.option("--max-length", type=int), click.option("--epochs", type=int),
-        click.option("--max-steps", type=int, help="Stop after this many steps (0: all epochs)."),
-        click.option("--batch-size", type=int), click.option("--lr", type=float),
-        click.option("--weight-decay", type=float), click.option("--warmup-ratio", type=float),
-        click.option("--eval-every", type=int, help="Steps between evaluations (0: each epoch)."),
-        click.option("--patience", type=int, help="Evaluations without improvement before stopping (0: never)."),
-        click.option("--save-every", type=int), click.option("--log-every", type=int),
-        click.option("--seed", type=int),
-        click.option("--device", type=click.Choice(list(placement.DEVICES))),
-        click.option("--precision", type=click.Choice(list(placement.PRECISIONS))),
-        click.option("--compile/--no-compile", default=None, help="torch.compile the student."),
-        click.option("--threads", type=int, help="CPU threads (0: torch's default)."),
-        click.option("--resume/--no-resume", default=None, help="Continue from OUT/state.pt if present."),
-        click.option("--plot/--no-plot", default=None, help="Write curves.png at the end."),
-    ]):
-        command = decorator(command)
-    return command
+_CONFIG_FILE = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                            help="A TOML/JSON DistillConfig; flags override it.")
 
 
 @click.command("distill")
-@_options
-@click.option("--teacher", help="Teacher folder: an edge-electra checkpoint or a HF sequence classifier.")
-@click.option("--teacher-backend", type=click.Choice(list(BACKENDS)))
-@click.option("--unlabelled", multiple=True, help="In-domain text (one a line, or JSONL) for the teacher to label.")
-@click.option("--temperature", type=float)
-@click.option("--kd-weight", type=float)
-@click.option("--ce-weight", type=float)
-@click.option("--hidden-weight", type=float, help="Weight of the hidden-state MSE, layer to mapped layer (0: off).")
-@click.option("--attention-weight", type=float, help="Weight of the attention-distribution KL (0: off).")
-@click.option("--augment", type=int, help="Augmented copies of each training utterance for the teacher to label.")
-@click.option("--teacher-epochs", type=int, help="At most this many epochs to fine-tune a bare-encoder teacher.")
-@click.option("--teacher-lr", type=float)
-@click.option("--teacher-patience", type=int, help="Half-epoch evaluations without improvement before the "
-                                                   "teacher's fine-tuning stops.")
+@_CONFIG_FILE
+@dataclass_options(DistillConfig, overlay=True)
 def distill_command(config_file, **flags):
     """Distil a teacher into an ELECTRA-Small student; prints the best checkpoint folder."""
     click.echo(distill(config_from_cli(DistillConfig, config_file, flags)))
 
 
 @click.command("finetune")
-@_options
+@_CONFIG_FILE
+@dataclass_options(DistillConfig, exclude=TEACHER_ONLY, overlay=True)
 def finetune_command(config_file, **flags):
     """Fine-tune a model on labelled data; prints the best checkpoint folder."""
     click.echo(finetune(config_from_cli(DistillConfig, config_file, flags)))
