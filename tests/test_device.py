@@ -50,7 +50,8 @@ def device_venv():
     wheels = os.environ.get("EDGE_ELECTRA_DEVICE_WHEELS")
     port = ["--port", PORT] if PORT else []
     return run("device", "setup", DEVICE, *port, *ssh_flags(), "--python",
-               os.environ.get("EDGE_ELECTRA_DEVICE_PYTHON", "python3"), *(["--remote-wheels", wheels] if wheels else []))
+               os.environ.get("EDGE_ELECTRA_DEVICE_PYTHON", "python3"),
+               *(["--remote-wheels", wheels] if wheels else []))
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,8 @@ def bench_result(emulated: bool) -> dict:
     samples = [1_234_567, 2_345_678, 3_456_789]
     return {"system": {"cpu": {"model": "Cortex-A76", "usable_cores": 4, "flags": ["asimd"]}, "os": "Linux",
                        "threads": 1, "gemm_gflops": 1.0, "versions": {"numpy": "2"}, "machine": "aarch64",
-                       "emulated": emulated, "emulation": "aarch64 user space on a x86_64 kernel" if emulated else None},
+                       "emulated": emulated,
+                       "emulation": "aarch64 user space on a x86_64 kernel" if emulated else None},
             "bundles": [{"name": "pi", "backend": "onnx-mobile", "precision": "fp32", "size_bytes": 1e6,
                          "cold_start": {"process_to_first_result_s": 4.321, "peak_rss_mb": 80.0}}],
             "results": [{"bundle": "pi", "mode": "end_to_end", "source": "synthetic", "batch": 1, "seq": 16,

@@ -34,8 +34,8 @@ def table(result: dict) -> str:
     cpu = system["cpu"]
     warning = [f"{EMULATED}: {system.get('machine', '')} under an emulator ({system.get('emulation')}); "
                "times below are withheld, the raw numbers stay in bench.json"] if emulated(result) else []
-    lines = [*warning, f"machine  {cpu['model']} ({cpu['usable_cores']} usable cores; flags {' '.join(cpu['flags']) or '-'}), "
-             f"{system['os']}",
+    lines = [*warning, f"machine  {cpu['model']} ({cpu['usable_cores']} usable cores; flags "
+             f"{' '.join(cpu['flags']) or '-'}), {system['os']}",
              f"         threads {system.get('threads') or 'runtime default'}, numpy GEMM "
              f"{system['gemm_gflops']:.1f} GFLOP/s, "
              + ", ".join(f"{k} {v}" for k, v in system["versions"].items()), ""]
