@@ -31,6 +31,7 @@ from edge_electra import dataclass_io
 from edge_electra.atomic import atomic_file
 from edge_electra.cli_options import dataclass_options, option_field
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
+from edge_electra.default_encoder import default_init
 from edge_electra.train.config import preset as model_preset
 from edge_electra.errors import ConfigError
 from edge_electra.train.model import Electra
@@ -59,8 +60,12 @@ class DistillConfig(placement.RunSettings):
         None, help="Teacher folder: an edge-electra checkpoint or a HF sequence classifier (none: fine-tuning).")
     teacher_backend: Literal["auto", "edge_electra", "transformers"] = option_field(
         "auto", help="How to run the teacher.")
-    init: str | None = option_field(None, help="Student checkpoint folder (ELECTRA or BERT, HF layout).")
-    preset: str = option_field("small", help="Model preset for a fresh student: small, mini, tiny or base.")
+    init: str | None = option_field(None, help=(
+        "Student checkpoint folder (ELECTRA or BERT, HF layout); none: the shipped encoder, or a fresh "
+        "--preset model."))
+    preset: str | None = option_field(None, help=(
+        "Model preset for a fresh student: small, tiny, mini or base (default small when a tokenizer is given; "
+        "without --init and --preset: the shipped pre-trained encoder)."))
     num_layers: int | None = option_field(None, help="Keep this many encoder layers.")
     layer_selection: Literal["even", "first"] = option_field("even", help="Which layers to keep.")
     tokenizer: str | None = option_field(None, help="vocab.txt, tokenizer.json or folder for a fresh student.")
@@ -120,12 +125,13 @@ def _fresh_tokenizer(cfg: DistillConfig, texts: list[str]) -> Tokenizer:
 def build_student(cfg: DistillConfig, train: data_io.Dataset) -> tuple[Electra, Tokenizer]:
     task = "joint" if train.slot_labels else "sequence"
     heads = dict(task=task, labels=train.labels, slot_labels=train.slot_labels)
-    if cfg.init:
-        model, report = load_pretrained(cfg.init, **heads)
+    init = default_init(cfg.init, cfg.preset, cfg.tokenizer)
+    if init:
+        model, report = load_pretrained(init, **heads)
         tokenizer = load_tokenizer(cfg.tokenizer or report["source"])
     else:
         tokenizer = _fresh_tokenizer(cfg, train.texts)
-        shape = model_preset(cfg.preset)
+        shape = model_preset(cfg.preset or "small")
         model = Electra(shape.replace(vocab_size=tokenizer.vocab_size, max_position=max(shape.max_position, cfg.max_length),
                                       **heads))
     if cfg.num_layers:
@@ -329,7 +335,7 @@ def prepared_teacher(cfg: DistillConfig) -> Path:
         return folder / "best"
     placement.log.info(f"teacher: {cfg.teacher} has no task head; fine-tuning it on {cfg.data} first")
     teacher_cfg = dataclasses.replace(
-        cfg, out=str(folder), teacher=None, init=cfg.teacher, num_layers=None, tokenizer=None,
+        cfg, out=str(folder), teacher=None, init=cfg.teacher, preset=None, num_layers=None, tokenizer=None,
         unlabelled=[], hidden_weight=0.0, attention_weight=0.0, augment=0, epochs=cfg.teacher_epochs,
         max_steps=0, lr=cfg.teacher_lr, patience=cfg.teacher_patience, eval_every=0, plot=False)
     teacher_cfg.eval_every = max(1, len(_splits(teacher_cfg)["train"]) // (2 * cfg.batch_size))
