@@ -1,0 +1,83 @@
+"""pretrain --embed-teacher: sentence choice, step-pure batches, the cached teacher pass, and a run without RTD."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_electra.errors import ConfigError  # noqa: E402
+from edge_electra.runtime.tokenizer import Tokenizer  # noqa: E402
+from edge_electra.train import PretrainConfig, pretrain  # noqa: E402
+from edge_electra.train import embed_distill  # noqa: E402
+from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.train.config import preset  # noqa: E402
+from edge_electra.train.model import Electra  # noqa: E402
+
+WORDS = "turn on the lights play some jazz what is weather in paris will it rain tomorrow set an alarm".split()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("embed")
+    lines = [" ".join(rng.choice(WORDS, rng.integers(3, 10))) for _ in range(200)]
+    (folder / "dialogues.txt").write_text("\n".join(lines) + "\n")
+    (folder / "utterances.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                                                     ["hello there", "good night", "what time is it"]))
+    tokenizer = Tokenizer.train(lines, vocab_size=80)
+    tokenizer.save_pretrained(folder / "vocab")
+    torch.manual_seed(1)
+    save_pretrained(Electra(preset("tiny", vocab_size=tokenizer.vocab_size, task="discriminator")),
+                    folder / "teacher", tokenizer)
+    return folder
+
+
+def test_corpus_sentences_take_small_files_whole_and_drop_repeats(setup):
+    files = [str(setup / "dialogues.txt"), str(setup / "utterances.jsonl")]
+    chosen = embed_distill.corpus_sentences(files, 10)
+    assert len(chosen) == 10 and len({t.lower() for t in chosen}) == 10
+    assert {"hello there", "good night", "what time is it"} <= set(chosen)   # interleaved, not crowded out
+
+
+def test_batches_are_a_function_of_the_step_and_cover_every_sentence_each_pass(setup):
+    texts = [f"sentence {i}" for i in range(10)]
+    tokenizer = Tokenizer.from_pretrained(setup / "vocab")
+    targets = np.arange(10, dtype=np.float16)[:, None].repeat(4, 1)
+    batches = embed_distill.SentenceBatches(texts, targets, tokenizer, batch_size=5, max_length=8)
+    again = embed_distill.SentenceBatches(texts, targets, tokenizer, batch_size=5, max_length=8)
+    assert all(torch.equal(a, b) for a, b in zip(batches(3), again(3)))
+    first_pass = torch.cat([batches(0)[2][:, 0], batches(1)[2][:, 0]])
+    assert sorted(first_pass.tolist()) == list(range(10))
+    with pytest.raises(ConfigError):
+        embed_distill.SentenceBatches(texts[:3], targets[:3], tokenizer, batch_size=5, max_length=8)
+
+
+def test_teacher_embeddings_are_mean_pooled_and_cached(setup, tmp_path):
+    texts = ["turn on the lights", "play some jazz now please"]
+    first = embed_distill.teacher_embeddings(str(setup / "teacher"), texts, tmp_path)
+    cached = list(tmp_path.glob("embeddings-*.npy"))
+    assert first.shape == (2, 32) and first.dtype == np.float16 and len(cached) == 1
+    from edge_electra.train.checkpoint import load_pretrained
+    teacher, _ = load_pretrained(setup / "teacher")
+    enc = Tokenizer.from_pretrained(setup / "teacher")(texts[1:]).arrays()
+    with torch.inference_mode():
+        hidden = teacher.eval().encoder(*(torch.from_numpy(enc[k]) for k in
+                                          ("input_ids", "attention_mask", "token_type_ids")))
+    np.testing.assert_allclose(first[1], hidden[0].mean(0).numpy(), atol=2e-3)   # one row: no padding
+    cached[0].write_bytes(b"")   # a second call reads the cache (here: an unreadable one) instead of recomputing
+    with pytest.raises(Exception):
+        embed_distill.teacher_embeddings(str(setup / "teacher"), texts, tmp_path)
+
+
+def test_pretrain_with_the_teacher_alone_lowers_the_embedding_loss(setup, tmp_path):
+    cfg = PretrainConfig(corpus=[str(setup / "dialogues.txt")], out=str(tmp_path / "run"), preset="tiny",
+                         tokenizer=str(setup / "vocab"), seq_len=16, batch_size=2, steps=40, warmup_steps=2,
+                         lr=3e-3, log_every=10, save_every=20, device="cpu", threads=1, plot=False,
+                         rtd_weight=0.0, embed_teacher=str(setup / "teacher"), embed_sentences=64,
+                         embed_batch_size=16, embed_cache=str(tmp_path / "cache"))
+    pretrain(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "rtd" not in rows[0] and rows[-1]["embed"] < rows[0]["embed"]
+    with pytest.raises(ConfigError):
+        PretrainConfig(corpus=["x"], rtd_weight=0.0)   # nothing left to train
