@@ -69,6 +69,8 @@ def install_logging(level: int) -> EchoHandler:
     handler.setFormatter(logging.Formatter("%(message)s"))
     package.addHandler(handler)
     package.setLevel(level)
+    # A library that configures the root logger (onnxruntime's quantizer, NNCF) would print every message twice.
+    package.propagate = False
     return handler
 
 
@@ -114,12 +116,13 @@ class LazyGroup(click.Group):
 def main(ctx, verbosity):
     """Train, quantize, compile and run small ELECTRA NLU models on edge devices."""
     package = logging.getLogger("edge_electra")
-    level = package.level
+    level, propagate = package.level, package.propagate
     handler = install_logging(VERBOSITY[verbosity or "normal"])
 
     def restore():   # the command ran in this process (tests, the fork server): leave the logger as it was
         package.removeHandler(handler)
         package.setLevel(level)
+        package.propagate = propagate
     ctx.call_on_close(restore)
 
 

@@ -94,6 +94,21 @@ def test_the_logger_is_left_as_it_was(run):
     assert package.handlers == handlers and package.level == level
 
 
+def test_a_root_handler_set_by_a_library_does_not_print_messages_twice(run):
+    """onnxruntime's quantizer and NNCF configure the root logger; the demo then printed each line twice."""
+    reached_root = []
+    root_handler = logging.Handler()
+    root_handler.emit = reached_root.append
+    logging.getLogger().addHandler(root_handler)
+    try:
+        result = run("probe", "none")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert result.stderr.count("info-message") == 1
+    assert [r.getMessage() for r in reached_root if r.name.startswith("edge_electra")] == []
+    assert logging.getLogger("edge_electra").propagate   # left as it was
+
+
 def test_exit_codes_in_a_real_process(tmp_path):
     """As a shell sees them: `python -m edge_electra.cli` with a usage error and with a missing bundle."""
     def code(*args):
