@@ -281,9 +281,10 @@ def op_coverage(onnx_path: Path, ort_path: Path, providers: list[str], fixed: bo
 
 def _dummy_feeds(onnx_path: Path, batch: int, seq: int) -> dict:
     import onnx
+    from edge_electra.runtime.io_spec import TOKEN_TYPES
     names = [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
     ids = np.ones((batch, seq), dtype=np.int64)
-    return {n: (np.zeros_like(ids) if n == "token_type_ids" else ids) for n in names}
+    return {n: (np.zeros_like(ids) if n == TOKEN_TYPES else ids) for n in names}
 
 
 @register("onnx-mobile")

@@ -11,6 +11,7 @@ from edge_electra.runtime.bundle import TensorSpec
 
 # Every task takes the same three (batch, seq) int64 inputs, in this order.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TOKEN_IDS, ATTENTION_MASK, TOKEN_TYPES = INPUTS
 INPUT_AXES = ("batch", "seq")
 INPUT_DTYPE = "int64"
 # "batch" and "seq" are dynamic; "labels" is the number of intents, "tags" of slot tags, "vocab" of tokens.

@@ -24,6 +24,7 @@ from edge_electra.atomic import folder_lock
 from edge_electra.data import oos_label, split_words
 from edge_electra.errors import BundleError, ConfigError, DataError, EdgeElectraError
 from edge_electra.runtime.bundle import MANIFEST, THREADS, Bundle, check_count
+from edge_electra.runtime.io_spec import TOKEN_IDS
 from edge_electra.runtime.tokenizer import word_starts
 
 CLASSIFIER_TASKS = ("sequence", "token", "joint")
@@ -86,7 +87,7 @@ def shapes_of(bundle: Bundle) -> Shapes:
     max_length = int(m.tokenizer.get("max_length", 128))
     buckets = sorted(int(b) for b in m.tokenizer.get("buckets") or []) or None
     min_length, fixed_batch, batch_limit = 1, None, None
-    spec = next((t for t in m.inputs if t.name == "input_ids"), m.inputs[0] if m.inputs else None)
+    spec = next((t for t in m.inputs if t.name == TOKEN_IDS), m.inputs[0] if m.inputs else None)
     if spec is not None and len(spec.shape) == 2:
         batch_dim, seq_dim = spec.shape
         if isinstance(seq_dim, int):
@@ -213,7 +214,7 @@ class Predictor:
         buffers = self._buffers(batch, width)
         arrays = encoded.arrays()
         for name, buffer in buffers.items():
-            buffer.fill(self.tokenizer.pad_id if name == "input_ids" else 0)
+            buffer.fill(self.tokenizer.pad_id if name == TOKEN_IDS else 0)
             source = arrays[name]
             buffer[:rows, :source.shape[1]] = source
         return buffers
