@@ -34,6 +34,27 @@ def write_dataset(path, texts=TEXTS):
     return path
 
 
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """A tiny sequence classifier, its unfused FP32 ONNX, a batch of inputs and torch's logits for it."""
+    import torch
+
+    from edge_electra.build.export import ExportConfig, example_inputs, export_onnx
+    from edge_electra.runtime.io_spec import INPUTS
+    from edge_electra.train.config import preset
+    from edge_electra.train.model import Electra
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Electra(preset("tiny", vocab_size=100, max_position=64, labels=["a", "b", "c"])).eval()
+    root = tmp_path_factory.mktemp("classifier")
+    export_onnx(model, root / "model.onnx", ExportConfig(optimize=False))
+    feeds = example_inputs(3, 16, 100)
+    with torch.no_grad():
+        expected = model(*(torch.from_numpy(feeds[n]) for n in INPUTS))
+    return {"root": root, "onnx": root / "model.onnx", "feeds": feeds, "expected": expected.numpy()}
+
+
 def tiny_model(max_position: int = 64, labels=None, texts=None):
     """A randomly initialised preset("tiny") sequence classifier over `labels` (default: the fixture intents;
     seed 0, eval mode), with a WordPiece vocabulary trained on `texts` (default: their utterances)."""

@@ -19,13 +19,11 @@ from edge_electra import backends  # noqa: E402
 from edge_electra.backends import backend_names, get_backend  # noqa: E402
 from edge_electra.backends import onnx_mobile  # noqa: E402
 from edge_electra.backends.base import Backend, CompiledModel, Variant, pick_fixed, run_in_chunks  # noqa: E402
-from edge_electra.build.export import ExportConfig, example_inputs, export_onnx, fix_shape  # noqa: E402
+from edge_electra.build.export import example_inputs, fix_shape  # noqa: E402
 from edge_electra.build.package import write_bundle  # noqa: E402
 from edge_electra.errors import BundleError, ConfigError  # noqa: E402
 from edge_electra.runtime.bundle import Bundle, Manifest  # noqa: E402
 from edge_electra.runtime.predictor import Predictor  # noqa: E402
-from edge_electra.train.config import preset  # noqa: E402
-from edge_electra.train.model import Electra  # noqa: E402
 
 from conftest import INTENTS, TEXTS, tiny_model  # noqa: E402
 
@@ -33,18 +31,6 @@ CPU = "CPUExecutionProvider"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny sequence classifier, its unfused FP32 ONNX, a batch of inputs and torch's logits for it."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=100, max_position=64, labels=["a", "b", "c"])).eval()
-    root = tmp_path_factory.mktemp("backends")
-    export_onnx(model, root / "model.onnx", ExportConfig(optimize=False))
-    feeds = example_inputs(3, 16, 100)
-    with torch.no_grad():
-        expected = model(*(torch.from_numpy(feeds[n]) for n in ("input_ids", "attention_mask", "token_type_ids")))
-    return {"root": root, "onnx": root / "model.onnx", "feeds": feeds, "expected": expected.numpy()}
 
 
 # ---- the registry ----------------------------------------------------------------------------------
@@ -205,10 +191,10 @@ def test_provider_choice_falls_back_to_cpu_and_gives_xnnpack_the_threads(monkeyp
     assert options[0] == {"x": "1", "intra_op_num_threads": "4"} and threads == 1
 
 
-def test_ort_format_conversion_fixed_shapes_and_runner(tiny, tmp_path):
+def test_ort_format_conversion_fixed_shapes_and_runner(tiny_classifier, tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
-    fix_shape(tiny["onnx"], stage / "model.s16.onnx", 1, 16)
+    fix_shape(tiny_classifier["onnx"], stage / "model.s16.onnx", 1, 16)
     models, config = onnx_mobile.convert_to_ort(stage, tmp_path / "ort", "basic", "arm")
     assert [m.name for m in models] == ["model.s16.ort"]
     ops = config.read_text()
@@ -217,13 +203,13 @@ def test_ort_format_conversion_fixed_shapes_and_runner(tiny, tmp_path):
                                    ["NnapiExecutionProvider"], {}, 1)
     assert runner.providers == [CPU] and runner.preferred_providers == ["NnapiExecutionProvider"]
     assert runner.device == "CPU"          # where it runs, not what it asked for
-    feeds = {n: a.astype(np.int32) for n, a in tiny["feeds"].items()}     # int32 is cast to the declared int64
-    np.testing.assert_allclose(runner.run(feeds)["logits"], tiny["expected"], atol=1e-4)
+    feeds = {n: a.astype(np.int32) for n, a in tiny_classifier["feeds"].items()}     # int32 is cast to the declared int64
+    np.testing.assert_allclose(runner.run(feeds)["logits"], tiny_classifier["expected"], atol=1e-4)
 
 
-def test_runner_feeds_only_the_inputs_the_model_declares(tiny, tmp_path):
+def test_runner_feeds_only_the_inputs_the_model_declares(tiny_classifier, tmp_path):
     import onnx
-    model = onnx.load(str(tiny["onnx"]))
+    model = onnx.load(str(tiny_classifier["onnx"]))
     # Simulate ORT having pruned token_type_ids: replace the input by a constant zero tensor.
     (types,) = [i for i in model.graph.input if i.name == "token_type_ids"]
     model.graph.input.remove(types)
@@ -235,18 +221,18 @@ def test_runner_feeds_only_the_inputs_the_model_declares(tiny, tmp_path):
     onnx.save(model, str(tmp_path / "model.onnx"))
     runner = onnx_mobile.OrtRunner([Variant("model.onnx")], tmp_path, [], {}, 1)
     assert runner.input_names == ["input_ids", "attention_mask"]
-    out = runner.run(tiny["feeds"])       # token_type_ids is offered and ignored
-    np.testing.assert_allclose(out["logits"], tiny["expected"], atol=1e-4)
+    out = runner.run(tiny_classifier["feeds"])       # token_type_ids is offered and ignored
+    np.testing.assert_allclose(out["logits"], tiny_classifier["expected"], atol=1e-4)
     with pytest.raises(ConfigError, match="needs input"):
-        runner.run({"input_ids": tiny["feeds"]["input_ids"]})
+        runner.run({"input_ids": tiny_classifier["feeds"]["input_ids"]})
 
 
-def test_op_coverage_says_where_each_answer_comes_from(tiny, tmp_path):
+def test_op_coverage_says_where_each_answer_comes_from(tiny_classifier, tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
-    fix_shape(tiny["onnx"], stage / "model.onnx", 1, 16)
+    fix_shape(tiny_classifier["onnx"], stage / "model.onnx", 1, 16)
     models, _ = onnx_mobile.convert_to_ort(stage, tmp_path / "ort", "basic", "arm")
-    feeds = {n: a[:1] for n, a in tiny["feeds"].items()}
+    feeds = {n: a[:1] for n, a in tiny_classifier["feeds"].items()}
     report = onnx_mobile.op_coverage(stage / "model.onnx", models[0],
                                      ["NnapiExecutionProvider", "CoreMLExecutionProvider", "XnnpackExecutionProvider",
                                       "QNNExecutionProvider"], True, feeds, "basic")
@@ -262,7 +248,7 @@ def test_op_coverage_says_where_each_answer_comes_from(tiny, tmp_path):
     json.dumps(report)      # it goes into report.json
 
 
-def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny, tmp_path):
+def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny_classifier, tmp_path):
     """ONNX Runtime gets unsigned activations (its fast CPU path), TensorRT symmetric ones; both keep the
     outputs of weighted ops in float."""
     import onnx
@@ -272,7 +258,7 @@ def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny, tmp_path):
     calibration = [example_inputs(4, 16, 100, seed=s) for s in range(3)]
     for backend, zero_point_type in [("onnx-mobile", np.uint8), ("tensorrt", np.int8)]:
         config = StaticQuantConfig(**get_backend(backend).static_quant)
-        graph = onnx.load(str(quantize_static(tiny["onnx"], tmp_path / f"{backend}.onnx", calibration, config))).graph
+        graph = onnx.load(str(quantize_static(tiny_classifier["onnx"], tmp_path / f"{backend}.onnx", calibration, config))).graph
         zero_points = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear"]
         assert quantizers and {zero_points[n.input[2]].dtype.type for n in quantizers} == {zero_point_type}
@@ -282,13 +268,13 @@ def test_each_backend_gets_the_int8_static_recipe_it_runs(tiny, tmp_path):
 
 # ---- OpenVINO ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ov_bundle(tiny, tmp_path_factory):
-    """An OpenVINO fp32 bundle of the tiny model whose manifest asks for an Intel GPU with the THROUGHPUT
+def ov_bundle(tiny_classifier, tmp_path_factory):
+    """An OpenVINO fp32 bundle of the tiny_classifier model whose manifest asks for an Intel GPU with the THROUGHPUT
     hint (what intel-igpu bundles held before the hint was dropped)."""
     ov = pytest.importorskip("openvino")
     _, tokenizer = tiny_model()
     root = tmp_path_factory.mktemp("ov")
-    ov.save_model(ov.convert_model(str(tiny["onnx"])), str(root / "model.xml"), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(tiny_classifier["onnx"])), str(root / "model.xml"), compress_to_fp16=False)
     manifest = Manifest("sequence", ["a", "b", "c"], "openvino", "fp32", [], [], {"max_length": 64},
                         runtime={"device": "GPU", "performance_hint": "THROUGHPUT", "cache": False, "threads": 1})
     return write_bundle(root / "bundle", manifest, {"model.xml": root / "model.xml", "model.bin": root / "model.bin"},
@@ -315,22 +301,22 @@ def pretend_gpu(monkeypatch):
     return calls
 
 
-def test_openvino_fp32_on_gpu_asks_for_f32_and_one_request_gets_the_latency_hint(ov_bundle, pretend_gpu, tiny):
+def test_openvino_fp32_on_gpu_asks_for_f32_and_one_request_gets_the_latency_hint(ov_bundle, pretend_gpu, tiny_classifier):
     runner = get_backend("openvino").load(Bundle.load(ov_bundle))
     ((device, config),) = pretend_gpu
     assert device == "GPU"
     assert config["INFERENCE_PRECISION_HINT"] == "f32"   # the GPU plugin would run it in f16
     assert config["PERFORMANCE_HINT"] == "LATENCY"       # THROUGHPUT's streams would idle behind one request
     assert runner.requested_device == "GPU" and runner.device == "CPU"   # what OpenVINO says it runs on
-    np.testing.assert_allclose(runner.run(tiny["feeds"])["logits"], tiny["expected"], atol=1e-4)
+    np.testing.assert_allclose(runner.run(tiny_classifier["feeds"])["logits"], tiny_classifier["expected"], atol=1e-4)
 
 
-def test_openvino_records_the_device_it_actually_runs_on(tiny, ov_bundle):
+def test_openvino_records_the_device_it_actually_runs_on(tiny_classifier, ov_bundle):
     from edge_electra.backends.openvino import OpenVinoRunner
     folder = Path(ov_bundle)
     missing = OpenVinoRunner([Variant("model.xml")], folder, "GPU.1", 1, "fp32", cache=False)
     assert missing.requested_device == "GPU.1" and missing.device == "CPU"
-    np.testing.assert_allclose(missing.run(tiny["feeds"])["logits"], tiny["expected"], atol=1e-4)
+    np.testing.assert_allclose(missing.run(tiny_classifier["feeds"])["logits"], tiny_classifier["expected"], atol=1e-4)
     chosen = OpenVinoRunner([Variant("model.xml")], folder, "AUTO", 1, "fp32", cache=False)
     assert chosen.requested_device == "AUTO" and chosen.device == "CPU"
 
@@ -346,7 +332,7 @@ def test_the_bench_shows_the_device_a_bundle_ran_on(ov_bundle):
     assert "igpu: openvino fp32 on CPU" in table({"results": [], "bundles": [info], "system": system})
 
 
-def test_openvino_static_int8_calibrates_on_the_recipes_sample_count(tiny):
+def test_openvino_static_int8_calibrates_on_the_recipes_sample_count(tiny_classifier):
     ov = pytest.importorskip("openvino")
     from edge_electra.backends.openvino import quantize_int8
 
@@ -358,5 +344,5 @@ def test_openvino_static_int8_calibrates_on_the_recipes_sample_count(tiny):
             return super().__getitem__(name)
 
     feeds = [Seen(example_inputs(1, 16, 100, seed=s)) for s in range(12)]
-    quantize_int8(ov.convert_model(str(tiny["onnx"])), feeds, samples=5)
+    quantize_int8(ov.convert_model(str(tiny_classifier["onnx"])), feeds, samples=5)
     assert sum(f.touched for f in feeds) == 5

@@ -17,28 +17,15 @@ torch = pytest.importorskip("torch")
 
 from edge_electra.backends import tensorrt as trt_backend  # noqa: E402
 from edge_electra.backends import tensorrt_build as trt_build  # noqa: E402
-from edge_electra.build.export import ExportConfig, example_inputs, export_onnx  # noqa: E402
+from edge_electra.build.export import example_inputs  # noqa: E402
 from edge_electra.build.targets import load_target  # noqa: E402
 from edge_electra.errors import BundleError, ConfigError  # noqa: E402
-from edge_electra.train.config import preset  # noqa: E402
-from edge_electra.train.model import Electra  # noqa: E402
+from edge_electra.runtime.io_spec import INPUTS  # noqa: E402
 
-NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+NAMES = list(INPUTS)
 VERSION = "10.9.0"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny sequence classifier, its unfused FP32 ONNX, a batch of inputs and torch's logits for it."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=100, max_position=64, labels=["a", "b", "c"])).eval()
-    root = tmp_path_factory.mktemp("tensorrt")
-    export_onnx(model, root / "model.onnx", ExportConfig(optimize=False))
-    feeds = example_inputs(3, 16, 100)
-    with torch.no_grad():
-        expected = model(*(torch.from_numpy(feeds[n]) for n in NAMES))
-    return {"onnx": root / "model.onnx", "feeds": feeds, "expected": expected.numpy()}
 
 
 # ---- test doubles ------------------------------------------------------------------------------------
@@ -300,35 +287,35 @@ def test_bf16_is_built_only_on_sm80_and_later():
 
 
 # ---- the builder's calls -------------------------------------------------------------------------------
-def test_build_creates_strongly_typed_networks_for_int8_and_flags_for_fp16(fake_trt, tiny, tmp_path):
+def test_build_creates_strongly_typed_networks_for_int8_and_flags_for_fp16(fake_trt, tiny_classifier, tmp_path):
     fake = fake_trt()
     target = load_target("jetson-orin")
-    trt_build.build_engine(tiny["onnx"], trt_build.builder_settings(target, "int8-static", NAMES, "8.7"), None)
+    trt_build.build_engine(tiny_classifier["onnx"], trt_build.builder_settings(target, "int8-static", NAMES, "8.7"), None)
     assert ("create_network", 1 << 1) in fake.calls
     assert not [c for c in fake.calls if c[0] == "set_flag"]
     fake.calls.clear()
-    trt_build.build_engine(tiny["onnx"], trt_build.builder_settings(target, "fp16", NAMES, "8.7"), None)
+    trt_build.build_engine(tiny_classifier["onnx"], trt_build.builder_settings(target, "fp16", NAMES, "8.7"), None)
     assert ("create_network", 0) in fake.calls and ("set_flag", "FP16") in fake.calls
     assert ("profile", "input_ids", [1, 8], [1, 32], [8, 128]) in fake.calls
 
 
-def test_a_refused_timing_cache_is_replaced_and_an_empty_one_refused_is_an_error(fake_trt, tiny, tmp_path):
+def test_a_refused_timing_cache_is_replaced_and_an_empty_one_refused_is_an_error(fake_trt, tiny_classifier, tmp_path):
     settings = trt_build.builder_settings(load_target("jetson-orin"), "fp16", NAMES, "8.7")
     saved = tmp_path / "timing.cache"
     saved.write_bytes(b"timings from another TensorRT")
     fake = fake_trt(accept_timing_cache=lambda content: content == b"")
-    trt_build.build_engine(tiny["onnx"], settings, saved)
+    trt_build.build_engine(tiny_classifier["onnx"], settings, saved)
     assert [c[1] for c in fake.calls if c[0] == "set_timing_cache"] == [b"timings from another TensorRT", b""]
     assert saved.read_bytes() == b"timings"      # the new cache replaces the refused one
     fake_trt(accept_timing_cache=lambda content: False)
     with pytest.raises(ConfigError, match="refused an empty timing cache"):
-        trt_build.build_engine(tiny["onnx"], settings, saved)
+        trt_build.build_engine(tiny_classifier["onnx"], settings, saved)
 
 
-def test_compile_refuses_bf16_on_a_turing_gpu_before_building(fake_trt, fake_cuda, tiny, tmp_path):
+def test_compile_refuses_bf16_on_a_turing_gpu_before_building(fake_trt, fake_cuda, tiny_classifier, tmp_path):
     fake, _ = fake_trt(), fake_cuda(capability=(7, 5))
     request = types.SimpleNamespace(target=load_target("x86-nvidia-gpu"), precision="bf16",
-                                    reference_onnx=tiny["onnx"])
+                                    reference_onnx=tiny_classifier["onnx"])
     with pytest.raises(ConfigError, match="this GPU is 7.5"):
         trt_build.compile_engine(request, tmp_path)
     assert not [c for c in fake.calls if c[0] == "build"]
@@ -409,24 +396,24 @@ def test_qdq_check_accepts_symmetric_int8_only(tmp_path):
         trt_build.check_qdq(qdq_model(tmp_path / "bias.onnx", np.int8(0), np.int32(0)))
 
 
-def test_static_qdq_model_runs_in_ort_close_to_fp32(tiny, tmp_path):
+def test_static_qdq_model_runs_in_ort_close_to_fp32(tiny_classifier, tmp_path):
     import onnx
 
     from edge_electra.build.gate import session
     from edge_electra.build.quantize.static import StaticQuantConfig, quantize_static
     calibration = [example_inputs(4, 16, 100, seed=s) for s in range(3)]
-    qdq = quantize_static(tiny["onnx"], tmp_path / "qdq.onnx", calibration, StaticQuantConfig())
+    qdq = quantize_static(tiny_classifier["onnx"], tmp_path / "qdq.onnx", calibration, StaticQuantConfig())
     ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    logits = session(qdq).run(None, tiny["feeds"])[0]
-    assert (logits.argmax(-1) == tiny["expected"].argmax(-1)).all()
-    assert np.abs(logits - tiny["expected"]).max() < 0.1
+    logits = session(qdq).run(None, tiny_classifier["feeds"])[0]
+    assert (logits.argmax(-1) == tiny_classifier["expected"].argmax(-1)).all()
+    assert np.abs(logits - tiny_classifier["expected"]).max() < 0.1
     # What the TensorRT backend builds from: the same model with its INT32 biases back in float.
     for_trt = trt_build.float_biases(qdq, tmp_path / "qdq.trt.onnx")
     assert trt_build.check_qdq(for_trt) > 0
-    np.testing.assert_allclose(session(for_trt).run(None, tiny["feeds"])[0], logits, atol=1e-5)
+    np.testing.assert_allclose(session(for_trt).run(None, tiny_classifier["feeds"])[0], logits, atol=1e-5)
     with pytest.raises(ConfigError, match="no QuantizeLinear"):
-        trt_build.check_qdq(tiny["onnx"])
+        trt_build.check_qdq(tiny_classifier["onnx"])
 
 
 # ---- with TensorRT itself ------------------------------------------------------------------------------------
@@ -435,26 +422,26 @@ def real_tensorrt():
     pytest.importorskip("cuda", reason="cuda-python is not installed on this machine")
 
 
-def test_tensorrt_engine_build_and_run(tiny, tmp_path):
+def test_tensorrt_engine_build_and_run(tiny_classifier, tmp_path):
     real_tensorrt()
     import tensorrt as trt
     capability, name = trt_backend.gpu()
     settings = trt_build.builder_settings(load_target("x86-nvidia-gpu"), "fp32", NAMES, capability)
-    engine = trt_build.build_engine(tiny["onnx"], settings, tmp_path / "timing.cache")
+    engine = trt_build.build_engine(tiny_classifier["onnx"], settings, tmp_path / "timing.cache")
     path = trt_backend.write_engine(tmp_path / "model.engine",
                                     trt_backend.EngineHeader(trt.__version__, capability, "fp32", name), engine)
     runner = trt_backend.TensorRTRunner(path, 8, 64)
-    np.testing.assert_allclose(runner.run(tiny["feeds"])["logits"], tiny["expected"], atol=1e-3)
+    np.testing.assert_allclose(runner.run(tiny_classifier["feeds"])["logits"], tiny_classifier["expected"], atol=1e-3)
     assert (tmp_path / "timing.cache").stat().st_size > 0
     runner.close()
 
 
-def test_polygraphy_finds_the_engine_matches_onnxruntime(tiny, tmp_path):
+def test_polygraphy_finds_the_engine_matches_onnxruntime(tiny_classifier, tmp_path):
     real_tensorrt()
     pytest.importorskip("polygraphy", reason="Polygraphy is not installed (pip install 'edge-electra[tensorrt]')")
     capability, _ = trt_backend.gpu()
     settings = trt_build.builder_settings(load_target("x86-nvidia-gpu"), "fp32", NAMES, capability)
-    engine = trt_build.build_engine(tiny["onnx"], settings, None)
+    engine = trt_build.build_engine(tiny_classifier["onnx"], settings, None)
     feeds = [example_inputs(2, 16, 100, seed=s) for s in range(3)]
-    report = trt_build.compare_with_onnxruntime(tiny["onnx"], engine, feeds, trt_build.COMPARE_TOLERANCE["fp32"])
+    report = trt_build.compare_with_onnxruntime(tiny_classifier["onnx"], engine, feeds, trt_build.COMPARE_TOLERANCE["fp32"])
     assert report["passed"] and report["batches"] == 3
