@@ -9,14 +9,16 @@ import torch
 
 from edge_electra import data as data_io
 from edge_electra.train import DistillConfig, distill, scoring
-from edge_electra.train.augment import MASK, AugmentSettings, augment, word_neighbours
+from edge_electra.errors import ConfigError
+from edge_electra.train.augment import (MASK, AugmentSettings, GeneratorReplacer, augment, read_vocab,
+                                        word_neighbours)
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset
 from edge_electra.train.distill import build_student, select_layers
 from edge_electra.train.model import Electra
 from edge_electra.train.signals import Intermediate, attention_probs, layer_map
 from edge_electra.train.teacher import has_task_head
-from edge_electra.runtime.tokenizer import Tokenizer
+from edge_electra.runtime.tokenizer import Tokenizer, load_tokenizer
 from test_training_distill import write_splits
 
 distill_module = importlib.import_module("edge_electra.train.distill")
@@ -161,3 +163,81 @@ def test_compile_makes_the_stored_threshold_the_predictors_default(tmp_path, mon
                             calibration=tmp_path / "calibration.txt", threads=1)
     predictor = Predictor.load(bundle)
     assert predictor.oos_threshold == 0.37 and predictor.bundle.manifest.runtime["oos_threshold"] == 0.37
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(joint_data, tmp_path_factory):
+    """A random tiny masked-LM generator over the joint data's vocabulary, saved as `pretrain` saves one."""
+    tokenizer = load_tokenizer(joint_data / "encoder")
+    torch.manual_seed(0)
+    generator = Electra(preset("tiny", vocab_size=tokenizer.vocab_size, max_position=32, task="generator"))
+    return save_pretrained(generator, tmp_path_factory.mktemp("pretrain") / "generator", tokenizer)
+
+
+def _changed_words(copies: list[str], sources: list[str]) -> list[tuple[str, str]]:
+    """(original, new) of every word a copy changed; the copies keep their sources' words otherwise."""
+    changed = []
+    for copy, source in zip(copies, sources, strict=True):
+        pairs = [(a, b) for a, b in zip(source.split(), copy.split(), strict=True) if a != b]
+        assert pairs   # every copy replaces at least one word
+        changed += pairs
+    return changed
+
+
+def test_generator_replaces_chosen_words_with_other_whole_words_it_samples(joint_data, tiny_generator, tmp_path):
+    train = data_io.load_folder(joint_data)["train"]
+    vocab = read_vocab(tiny_generator)
+    settings = AugmentSettings(copies=2, replace=0.3, mask=0.1, recombine=0.0)
+    copies = augment(train, GeneratorReplacer(tiny_generator, k=4), settings, seed=3)
+    changed = _changed_words(copies, train.texts * 2)
+    replaced = [(a, b) for a, b in changed if b != MASK]
+    assert len(replaced) > len(copies) and any(len(load_tokenizer(tiny_generator).tokenize(a)) > 1
+                                               for a, _ in replaced)   # multi-piece words were replaced too
+    assert all(b in vocab and b.isalpha() and b != a.lower() for a, b in replaced)
+    assert augment(train, GeneratorReplacer(tiny_generator, k=4), settings, seed=3) == copies
+    assert augment(train, GeneratorReplacer(tiny_generator, k=4), settings, seed=4) != copies
+
+    favourite = max((t for t in vocab if t.isalpha() and t.lower() == t), key=len)
+    model, tokenizer = load_pretrained(tiny_generator)[0], load_tokenizer(tiny_generator)
+    with torch.no_grad():
+        model.head.bias[vocab.index(favourite)] = 100.0   # its softmax puts all its mass on one word
+    biased = save_pretrained(model, tmp_path / "biased", tokenizer)
+    copies = augment(train, GeneratorReplacer(biased, k=4), settings, seed=3)
+    assert all(b == favourite or a == favourite for a, b in _changed_words(copies, train.texts * 2) if b != MASK)
+
+
+def test_generator_copies_are_labelled_by_the_teacher(joint_data, tiny_generator, tmp_path, monkeypatch):
+    labelled_texts = []
+    real = distill_module.teacher_outputs
+    monkeypatch.setattr(distill_module, "teacher_outputs",
+                        lambda source, texts, *a, **k: labelled_texts.append(texts) or real(source, texts, *a, **k))
+    cfg = recipe(joint_data, tmp_path / "run", augment=2, augment_generator=str(tiny_generator), max_steps=2)
+    distill(cfg)
+    train = distill_module._splits(cfg)["train"]
+    copies = augment(train, GeneratorReplacer(tiny_generator, k=AugmentSettings().neighbours),
+                     AugmentSettings(copies=2), cfg.seed)
+    assert labelled_texts[-1] == train.texts + copies and len(copies) == 2 * 96
+    cache = list((tmp_path / "run" / "teacher_cache").glob("teacher-*.npz"))
+    assert len(cache) == 1
+    with np.load(cache[0]) as outputs:
+        assert outputs["logits"].shape[0] == 96 * 3 and outputs["slots"].shape[:2] == (96 * 3, 16)
+    assert (tmp_path / "run" / "best" / "config.json").exists()
+
+
+@pytest.mark.parametrize("command, folder", [("distill", "missing"), ("distill", "encoder"),
+                                             ("finetune", "generator")])
+def test_a_bad_augment_generator_is_refused_before_anything_is_written(joint_data, tiny_generator, tmp_path,
+                                                                       command, folder):
+    from click.testing import CliRunner
+
+    from edge_electra.cli import main
+    generator = {"missing": tmp_path / "missing", "encoder": joint_data / "encoder", "generator": tiny_generator}
+    args = [command, "--data", str(joint_data), "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--augment-generator", str(generator[folder])]
+    if command == "distill":
+        args += ["--teacher", str(joint_data / "encoder"), "--augment", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError):   # a generator with no copies to make words for
+        recipe(joint_data, tmp_path / "run", augment_generator=str(tiny_generator))

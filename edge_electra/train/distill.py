@@ -44,7 +44,7 @@ from edge_electra.train.teacher import BACKENDS, has_task_head, teacher_outputs,
 
 # DistillConfig fields only distill has as flags, not finetune
 TEACHER_ONLY = ("teacher", "teacher_backend", "unlabelled", "temperature", "kd_weight", "ce_weight", "hidden_weight",
-                "attention_weight", "augment", "teacher_epochs", "teacher_lr", "teacher_patience")
+                "attention_weight", "augment", "augment_generator", "teacher_epochs", "teacher_lr", "teacher_patience")
 TEACHER_FOLDER = "teacher"             # OUT/teacher: the fine-tuned teacher of a bare-encoder --teacher
 
 
@@ -77,6 +77,9 @@ class DistillConfig(placement.RunSettings):
     hidden_weight: float = option_field(0.0, help="Weight of the hidden-state MSE, layer to mapped layer (0: off).")
     attention_weight: float = option_field(0.0, help="Weight of the attention-distribution KL (0: off).")
     augment: int = option_field(0, help="Augmented copies of each training utterance for the teacher to label.")
+    augment_generator: str | None = option_field(None, help=(
+        "pretrain generator folder that proposes the replacements of --augment (default: the teacher's "
+        "embedding neighbours)."))
     teacher_epochs: int = option_field(10, help="At most this many epochs to fine-tune a bare-encoder teacher.")
     teacher_lr: float = option_field(1e-4, help="Learning rate of that fine-tuning.")
     teacher_patience: int = option_field(
@@ -98,6 +101,8 @@ class DistillConfig(placement.RunSettings):
             raise ConfigError(f"teacher_backend must be one of {list(BACKENDS)}")
         if self.teacher is None and self.unlabelled:
             raise ConfigError("unlabelled text needs a teacher to label it; pass --teacher")
+        if self.augment_generator and not self.augment:
+            raise ConfigError("augment_generator proposes the words of augmented copies; set --augment too")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ConfigError("epochs and batch_size must be ≥ 1 and max_length ≥ 8")
 
@@ -223,7 +228,8 @@ def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
     unlabelled = list(data_io.read_text_lines(cfg.unlabelled)) if cfg.unlabelled else []
     if distilling and cfg.augment:
         unlabelled += augment.augmented_texts(train, cfg.teacher, teacher_model.encoder.embeddings.word.weight,
-                                              augment.AugmentSettings(copies=cfg.augment), cfg.seed)
+                                              augment.AugmentSettings(copies=cfg.augment), cfg.seed,
+                                              generator=cfg.augment_generator, device=rt.device)
     texts = train.texts + unlabelled
     tensors = labelled.encode(tokenizer, texts, cfg.max_length, train.label_ids() + [labelled.IGNORE] * len(unlabelled),
                               [e.tags for e in train.examples] + [None] * len(unlabelled), train.slot_labels)
@@ -336,8 +342,9 @@ def prepared_teacher(cfg: DistillConfig) -> Path:
     placement.log.info(f"teacher: {cfg.teacher} has no task head; fine-tuning it on {cfg.data} first")
     teacher_cfg = dataclasses.replace(
         cfg, out=str(folder), teacher=None, init=cfg.teacher, preset=None, num_layers=None, tokenizer=None,
-        unlabelled=[], hidden_weight=0.0, attention_weight=0.0, augment=0, epochs=cfg.teacher_epochs,
-        max_steps=0, lr=cfg.teacher_lr, patience=cfg.teacher_patience, eval_every=0, plot=False)
+        unlabelled=[], hidden_weight=0.0, attention_weight=0.0, augment=0, augment_generator=None,
+        epochs=cfg.teacher_epochs, max_steps=0, lr=cfg.teacher_lr, patience=cfg.teacher_patience, eval_every=0,
+        plot=False)
     teacher_cfg.eval_every = max(1, len(_splits(teacher_cfg)["train"]) // (2 * cfg.batch_size))
     return run(teacher_cfg)
 
@@ -345,6 +352,8 @@ def prepared_teacher(cfg: DistillConfig) -> Path:
 def distill(cfg: DistillConfig) -> Path:
     if cfg.teacher is None:
         raise ConfigError("distill needs a teacher (--teacher FOLDER); without one, use finetune")
+    if cfg.augment_generator:   # a bad folder is refused before the teacher's fine-tuning writes to OUT
+        augment.load_generator(cfg.augment_generator)
     encoder = cfg.teacher
     teacher = prepared_teacher(cfg)
     # No --init: the student is the teacher's own pre-trained encoder, cut to num_layers by select_layers.
