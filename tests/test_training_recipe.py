@@ -145,6 +145,17 @@ def test_oos_threshold_is_chosen_on_validation_and_stored(joint_data, tmp_path):
     assert {"oos_recall", "in_scope_accuracy"} <= set(metrics["test"]) and "accuracy" in metrics["test_without_threshold"]
 
 
+def test_oos_threshold_costs_at_most_the_budgeted_in_scope_accuracy():
+    """Few OOS validation examples: the mean of in-scope accuracy and OOS recall would give up 10 points of
+    in-scope accuracy here to catch the second one (CLINC150's teacher: 8 points); the budget caps that cost."""
+    labels = ["oos", "a", "b"]
+    confidence = np.array([0.95] * 90 + [0.70] * 10 + [0.65, 0.72])   # 100 right in-scope answers, then 2 OOS
+    probs = np.stack([np.zeros_like(confidence), confidence, 1 - confidence], axis=1)
+    gold = [1] * 100 + [0] * 2
+    assert scoring.choose_oos_threshold(probs, labels, gold) == pytest.approx(0.66)       # default: 1 point
+    assert scoring.choose_oos_threshold(probs, labels, gold, max_in_scope_loss=10.0) == pytest.approx(0.73)
+
+
 def test_joint_checkpoints_are_chosen_on_accuracy_and_slot_f1():
     assert scoring.selection_score({"accuracy": 0.9, "slot_f1": 0.5}) == pytest.approx(0.7)
     assert scoring.selection_score({"accuracy": 0.9}) == 0.9

@@ -18,8 +18,9 @@ from edge_electra.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Epochs and learning rate that fine-tune the shipped encoder on the built-in data (benchmarks/training.md §6).
-SHIPPED_RECIPE = (15, 2e-3)
+# Epochs and learning rate that fine-tune the shipped encoder on the built-in data: a gentler rate keeps more of
+# what it knows of English (paraphrases), at the same test accuracy (benchmarks/training.md §8).
+SHIPPED_RECIPE = (10, 1e-3)
 # What the built-in tiny student reaches on the built-in test split when trained from scratch here.
 EXPECTED_FROM_SCRATCH = "85-94% intent accuracy on its test split"
 

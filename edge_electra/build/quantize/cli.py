@@ -88,15 +88,19 @@ def command(model, tokenizer_path, method, recipe, activations, calibration, cal
         texts = calibration_texts(calibration, calibration_samples or rec.num_samples, rec.seed)
         feeds = calibration_feeds(texts, tokenizer, max_length=rec.max_length)
     with atomic_file(out) as tmp:
-        with click.progressbar(length=2, label=f"quantizing ({method})", file=sys.stderr) as bar:
+        # QAT advances the bar once per training step; every other method once for the whole quantization
+        quantizing_steps = qat_steps if method == "qat" else 1
+        with click.progressbar(length=quantizing_steps + 1, label=f"quantizing ({method})", file=sys.stderr) as bar:
             if method == "sensitivity":
                 search = sensitivity_search(model, tmp, feeds, eval_data, tokenizer, limits, static, slot_labels)
             elif method == "qat":
                 from edge_electra.build.quantize.qat import QATConfig, qat
-                qat(tokenizer_path, train_data, tokenizer, tmp, feeds, QATConfig(steps=qat_steps), static)
+                qat(tokenizer_path, train_data, tokenizer, tmp, feeds, QATConfig(steps=qat_steps), static,
+                    progress=lambda step, steps: bar.update(1))
             else:
                 quantize(model, tmp, DynamicQuantConfig() if method == "dynamic" else static, feeds)
-            bar.update(1)
+            if method != "qat":
+                bar.update(1)
             report = search.gate if method == "sensitivity" else evaluate(
                 model, tmp, eval_data, tokenizer, limits, slot_labels=slot_labels)
             bar.update(1)
