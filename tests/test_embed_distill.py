@@ -43,31 +43,56 @@ def test_corpus_sentences_take_small_files_whole_and_drop_repeats(setup):
 def test_batches_are_a_function_of_the_step_and_cover_every_sentence_each_pass(setup):
     texts = [f"sentence {i}" for i in range(10)]
     tokenizer = Tokenizer.from_pretrained(setup / "vocab")
-    targets = np.arange(10, dtype=np.float16)[:, None].repeat(4, 1)
+    vectors = np.arange(10, dtype=np.float16)[:, None].repeat(4, 1)
+    targets = embed_distill.TeacherTargets(vectors, vectors.repeat(2, 0), np.arange(0, 21, 2))
     batches = embed_distill.SentenceBatches(texts, targets, tokenizer, batch_size=5, max_length=8)
     again = embed_distill.SentenceBatches(texts, targets, tokenizer, batch_size=5, max_length=8)
     assert all(torch.equal(a, b) for a, b in zip(batches(3), again(3)))
     first_pass = torch.cat([batches(0)[2][:, 0], batches(1)[2][:, 0]])
     assert sorted(first_pass.tolist()) == list(range(10))
     with pytest.raises(ConfigError):
-        embed_distill.SentenceBatches(texts[:3], targets[:3], tokenizer, batch_size=5, max_length=8)
+        embed_distill.SentenceBatches(texts[:3], targets, tokenizer, batch_size=5, max_length=8)
+    words = embed_distill.SentenceBatches(texts, targets, tokenizer, batch_size=5, max_length=8, words=True)(3)
+    assert torch.equal(words[2], batches(3)[2]) and words[4].shape == (5, 2, 4)
+    assert torch.equal(words[4][:, 0, 0], words[2][:, 0])   # each sentence's own word vectors
 
 
-def test_teacher_embeddings_are_mean_pooled_and_cached(setup, tmp_path):
+def test_teacher_targets_are_mean_pooled_per_sentence_and_per_word_and_cached(setup, tmp_path):
     texts = ["turn on the lights", "play some jazz now please"]
-    first = embed_distill.teacher_embeddings(str(setup / "teacher"), texts, tmp_path)
-    cached = list(tmp_path.glob("embeddings-*.npy"))
-    assert first.shape == (2, 32) and first.dtype == np.float16 and len(cached) == 1
+    first = embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path)
+    cached = list(tmp_path.glob("targets-*.npz"))
+    assert first.sentences.shape == (2, 32) and first.sentences.dtype == np.float16 and len(cached) == 1
+    assert first.offsets.tolist() == [0, 4, 9] and first.words.shape == (9, 32)
     from edge_electra.train.checkpoint import load_pretrained
     teacher, _ = load_pretrained(setup / "teacher")
     enc = Tokenizer.from_pretrained(setup / "teacher")(texts[1:]).arrays()
     with torch.inference_mode():
         hidden = teacher.eval().encoder(*(torch.from_numpy(enc[k]) for k in
                                           ("input_ids", "attention_mask", "token_type_ids")))
-    np.testing.assert_allclose(first[1], hidden[0].mean(0).numpy(), atol=2e-3)   # one row: no padding
+    np.testing.assert_allclose(first.sentences[1], hidden[0].mean(0).numpy(), atol=2e-3)   # one row: no padding
+    pieces = Tokenizer.from_pretrained(setup / "teacher")(texts[1:]).word_ids[0]
+    jazz = [position for position, word in enumerate(pieces) if word == 2]
+    np.testing.assert_allclose(first.words[4 + 2], hidden[0, jazz].mean(0).numpy(), atol=2e-3)
+    again = embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path)
+    assert np.array_equal(again.words, first.words)
     cached[0].write_bytes(b"")   # a second call reads the cache (here: an unreadable one) instead of recomputing
     with pytest.raises(Exception):
-        embed_distill.teacher_embeddings(str(setup / "teacher"), texts, tmp_path)
+        embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path)
+
+
+def test_word_pooling_averages_each_words_pieces_and_masks_words_without_pieces(setup):
+    tokenizer = Tokenizer.from_pretrained(setup / "vocab")
+    enc = tokenizer(["turn on the lights", "jazz"], max_length=4)   # row 0 loses words to truncation
+    pool = embed_distill.word_pooling(enc.word_ids, 4, enc.input_ids.shape[1])
+    assert pool.shape == (2, 4, 4)
+    kept = [{w for w in ids if w is not None} for ids in enc.word_ids]
+    assert 0 < len(kept[0]) < 4 and kept[1] == {0}
+    expected = torch.tensor([[float(w in words) for w in range(4)] for words in kept])
+    assert torch.allclose(pool.sum(-1), expected)
+    for row, ids in enumerate(enc.word_ids):
+        for position, word in enumerate(ids):
+            if word is not None:
+                assert pool[row, word, position] > 0
 
 
 def test_pretrain_with_the_teacher_alone_lowers_the_embedding_loss(setup, tmp_path):
@@ -78,6 +103,17 @@ def test_pretrain_with_the_teacher_alone_lowers_the_embedding_loss(setup, tmp_pa
                          embed_batch_size=16, embed_cache=str(tmp_path / "cache"))
     pretrain(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "rtd" not in rows[0] and rows[-1]["embed"] < rows[0]["embed"]
+    assert "rtd" not in rows[0] and "embed_word" not in rows[0] and rows[-1]["embed"] < rows[0]["embed"]
     with pytest.raises(ConfigError):
         PretrainConfig(corpus=["x"], rtd_weight=0.0)   # nothing left to train
+
+
+def test_pretrain_with_the_word_term_lowers_both_distillation_losses(setup, tmp_path):
+    cfg = PretrainConfig(corpus=[str(setup / "dialogues.txt")], out=str(tmp_path / "run"), preset="tiny",
+                         tokenizer=str(setup / "vocab"), seq_len=16, batch_size=2, steps=40, warmup_steps=2,
+                         lr=3e-3, log_every=10, save_every=20, device="cpu", threads=1, plot=False,
+                         rtd_weight=0.0, embed_teacher=str(setup / "teacher"), embed_sentences=64,
+                         embed_batch_size=16, embed_cache=str(tmp_path / "cache"), embed_word_weight=1.0)
+    pretrain(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["embed_word"] < rows[0]["embed_word"] and rows[-1]["embed"] < rows[0]["embed"]

@@ -78,6 +78,16 @@ def test_finetune_learns_and_keeps_the_best_checkpoint(finetuned):
     assert metrics["validation"]["accuracy"] == pytest.approx(best)
 
 
+def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(dataset, finetuned, tmp_path):
+    start, _ = load_pretrained(finetuned)
+    best = finetune(tiny(dataset, tmp_path / "run", init=str(finetuned), preset=None, tokenizer=None, epochs=2,
+                         freeze_embeddings=True))
+    after, _ = load_pretrained(best)
+    assert torch.equal(after.encoder.embeddings.word.weight, start.encoder.embeddings.word.weight)
+    assert not torch.equal(after.encoder.layers[0].ffn_in.weight,
+                           start.encoder.layers[0].ffn_in.weight)
+
+
 def test_distil_caches_teacher_outputs_and_uses_them(dataset, finetuned, tmp_path, monkeypatch):
     (tmp_path / "extra.txt").write_text("weather in rome\nplay some muse\nwake me up\n")
     settings = dict(teacher=str(finetuned), num_layers=1, hidden_weight=0.5, unlabelled=[str(tmp_path / "extra.txt")])

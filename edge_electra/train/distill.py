@@ -67,6 +67,9 @@ class DistillConfig(placement.RunSettings):
         "Model preset for a fresh student: small, tiny, mini or base (default small when a tokenizer is given; "
         "without --init and --preset: the shipped pre-trained encoder)."))
     num_layers: int | None = option_field(None, help="Keep this many encoder layers.")
+    freeze_embeddings: bool = option_field(False, help=(
+        "Keep the word embeddings as initialised, so that words the training set never uses stay beside "
+        "the ones it does."))
     layer_selection: Literal["even", "first"] = option_field("even", help="Which layers to keep.")
     tokenizer: str | None = option_field(None, help="vocab.txt, tokenizer.json or folder for a fresh student.")
     unlabelled: list[str] = option_field(
@@ -226,6 +229,7 @@ def _train(cfg: DistillConfig, rt: placement.Runtime) -> Path:
     train = splits["train"]
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_student(cfg, train)
+    model.encoder.embeddings.word.weight.requires_grad_(not cfg.freeze_embeddings)
     distilling = cfg.teacher is not None
     intermediate_on = distilling and bool(cfg.hidden_weight or cfg.attention_weight)
     teacher_model = (load_pretrained(cfg.teacher)[0].eval().to(rt.device)

@@ -68,6 +68,9 @@ class PretrainConfig(placement.RunSettings):
         "Also distil this sentence-embedding model's mean-pooled embeddings of the corpus sentences into the "
         "[CLS] state (e.g. all-MiniLM-L6-v2)."))
     embed_weight: float = option_field(1.0, help="Weight of the embedding term (with --rtd-weight 0: it alone).")
+    embed_word_weight: float = option_field(0.0, help=(
+        "Weight of the per-word term: each word's teacher vector (its last hidden states, averaged over the "
+        "word's pieces) distilled into the student's through a second projection (0: off)."))
     embed_sentences: int = option_field(50_000, help="Corpus sentences embedded by the teacher (once, cached).")
     embed_batch_size: int = option_field(64, help="Sentences per step for the embedding term.")
     embed_max_length: int = option_field(64, help="Tokens per sentence for the embedding term.")
@@ -211,8 +214,11 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
     def step(trainer, input_ids, done):
         result = trainer(input_ids.to(rt.device, non_blocking=True)) if cfg.rtd_weight else {"loss": 0.0}
         if sentences is not None:
-            embed = model.embedding_distillation(discriminator.encoder, *(t.to(rt.device) for t in sentences(done)))
-            result = {**result, "embed": embed, "loss": result["loss"] + cfg.embed_weight * embed}
+            parts = model.embedding_distillation(discriminator.encoder, *(t.to(rt.device) for t in sentences(done)))
+            loss = result["loss"] + cfg.embed_weight * parts["embed"]
+            if "embed_word" in parts:
+                loss = loss + cfg.embed_word_weight * parts["embed_word"]
+            result = {**result, **parts, "loss": loss}
         return result
 
     def stream(position):
@@ -231,7 +237,7 @@ def _train(cfg: PretrainConfig, rt: placement.Runtime) -> Path:
         save_pretrained(generator, out / "generator", tokenizer)
         if cfg.plot:
             curves.plot(curves.read_rows(out / curves.METRICS_LOG),
-                        ["loss", "mlm", "rtd", "embed", "gen_accuracy", "disc_accuracy", "disc_auc"],
+                        ["loss", "mlm", "rtd", "embed", "embed_word", "gen_accuracy", "disc_accuracy", "disc_auc"],
                         out / "curves.png", title="ELECTRA pre-training")
         rt.log(f"discriminator checkpoint: {final}")
     return final
