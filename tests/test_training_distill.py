@@ -63,7 +63,7 @@ def tiny(dataset, out, **changes):
 @pytest.fixture(scope="module")
 def finetuned(dataset, tmp_path_factory):
     torch.manual_seed(0)
-    return finetune(tiny(dataset, tmp_path_factory.mktemp("ft") / "run", plot=True))
+    return finetune(tiny(dataset, tmp_path_factory.mktemp("ft") / "run", plot=True, epochs=20))
 
 
 def test_finetune_learns_and_keeps_the_best_checkpoint(finetuned):
