@@ -102,7 +102,7 @@ def teacher_targets(source: str, texts: list[str], cache_dir: str | Path, max_le
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in rows], max_length=max_length)
-            ids, mask, types = (torch.from_numpy(a) for a in enc.arrays().values())
+            ids, mask, types = (torch.from_numpy(a) for a in (enc.input_ids, enc.attention_mask, enc.token_type_ids))
             hidden = encoder(ids, mask, types)
             sentences[rows] = mean_pooled(hidden, mask).half().numpy()
             counts = [len(split_words(texts[i])) for i in rows]
