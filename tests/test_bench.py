@@ -30,6 +30,17 @@ def test_interleaved_rotates_round_robin_and_counts_runs():
     assert timed == list("abc" "bca" "cab" "abc")
 
 
+def test_interleaved_blocks_time_each_subject_in_a_row_after_untimed_lead_in_calls():
+    order = []
+    calls = {name: [lambda n=name, k=k: order.append(f"{n}{k}") for k in range(100)] for name in "ab"}
+    samples = harness.interleaved(calls, runs=5, block=3, lead_in=2)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 5, "b": 5}
+    # turn 1: a's lead-in (calls 0, 1) then its timed calls 0-2; b likewise; turn 2 starts with b, and the
+    # last block is cut to the runs left (2)
+    assert order == ["a0", "a1", "a0", "a1", "a2", "b0", "b1", "b0", "b1", "b2",
+                     "b3", "b4", "b3", "b4", "a3", "a4", "a3", "a4"]
+
+
 def test_time_budget_stops_the_loop():
     calls = {"a": [lambda: None]}
     samples = harness.interleaved(calls, runs=10**9, seconds=0.05)

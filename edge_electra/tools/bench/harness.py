@@ -1,7 +1,10 @@
 """Timing loops: end-to-end and model-only latency per batch size and length, interleaved across bundles.
 
-Every bundle runs the same case in turn, one call each, round-robin (the order rotating each
-iteration), so machine drift (thermal throttling, a noisy neighbour) hits all of them alike.
+Every bundle runs the same case in turns, round-robin (the order rotating each round), so machine drift
+(thermal throttling, a noisy neighbour) hits all of them alike. A turn is a block of calls to one bundle after
+a few untimed ones: a runtime's worker threads spin for a while after each call, and timed right after another
+runtime they steal its cores (ONNX Runtime beside torch eager measured 2.5 times slower than alone,
+benchmarks/latency.md).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from edge_electra.metrics import slot_f1
 from edge_electra.runtime.predictor import Predictor
 
 MODES = ("end_to_end", "model_only")
+LEAD_IN = 2  # untimed calls when a bundle's turn begins
 FALLBACK_WORDS = ("please set an alarm for seven tomorrow morning and remind me to call my sister about "
                   "the flight to boston").split()
 
@@ -50,6 +54,9 @@ class BenchConfig:
                                          "model_only (the runtime on pre-tokenized input). Repeatable.")
     synthetic: bool = option_field(True, help="Time synthetic texts of each --seq-lens; with --data, "
                                               "--no-synthetic times the data replay only.")
+    block: int = option_field(20, help="Timed calls in a row per bundle and turn, after two untimed ones (1: "
+                                        "strict round-robin, which lets one runtime's spinning threads slow "
+                                        "the next).")
     profile: bool = option_field(False, help="Also run each bundle under its runtime's own profiler (ONNX "
                                              "Runtime's trace, OpenVINO's performance counters): time per "
                                              "operator type, raw profile saved as profile-<bundle>.json.")
@@ -61,8 +68,8 @@ class BenchConfig:
             raise ConfigError(f"--modes takes {list(MODES)}, got {self.modes}")
         if not self.synthetic and not self.data:
             raise ConfigError("--no-synthetic times only the data replay: give --data")
-        if self.runs < 1 or (self.seconds is not None and self.seconds <= 0) or self.warmup < 0:
-            raise ConfigError("--runs must be ≥ 1, --seconds > 0 and --warmup ≥ 0")
+        if self.runs < 1 or (self.seconds is not None and self.seconds <= 0) or self.warmup < 0 or self.block < 1:
+            raise ConfigError("--runs and --block must be ≥ 1, --seconds > 0 and --warmup ≥ 0")
 
 
 @dataclass
@@ -82,27 +89,31 @@ def summarize(samples_ns: list[int], batch: int) -> dict:
 
 
 def interleaved(calls: dict[str, list[Callable[[], object]]], runs: int, warmup: int = 0,
-                seconds: float | None = None) -> dict[str, list[int]]:
-    """Warm up every subject, then time one call per subject per iteration, round-robin, the order rotating
-    each iteration; iteration i makes each subject's call i (cycling). Stops after `runs` iterations, or after
-    `seconds` when given. Returns each subject's times in ns. The one interleaved timer: compile uses it too."""
+                seconds: float | None = None, block: int = 1, lead_in: int = 0) -> dict[str, list[int]]:
+    """Warm up every subject, then time them in turns, round-robin, the order rotating each round. A turn is
+    `lead_in` untimed calls, then up to `block` timed ones, of one subject; a subject's k-th timed call is
+    calls[name][k] (cycling). Stops once every subject has `runs` times, or after `seconds` when given.
+    Returns each subject's times in ns. The one interleaved timer: compile uses it too."""
     names = list(calls)
     for name in names:
         for i in range(warmup):
             calls[name][i % len(calls[name])]()
     samples: dict[str, list[int]] = {name: [] for name in names}
-    start, iteration = time.perf_counter(), 0
+    start, turn = time.perf_counter(), 0
     while True:
-        for name in names[iteration % len(names):] + names[:iteration % len(names)]:
-            fn = calls[name][iteration % len(calls[name])]
-            t0 = time.perf_counter_ns()
-            fn()
-            samples[name].append(time.perf_counter_ns() - t0)
-        iteration += 1
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
+            fns, done = calls[name], len(samples[name])
+            for k in range(done, done + lead_in):
+                fns[k % len(fns)]()
+            for k in range(done, done + (block if seconds is not None else min(block, runs - done))):
+                t0 = time.perf_counter_ns()
+                fns[k % len(fns)]()
+                samples[name].append(time.perf_counter_ns() - t0)
+        turn += 1
         if seconds is not None:
-            if time.perf_counter() - start >= seconds and iteration >= 3:
+            if time.perf_counter() - start >= seconds and turn >= 3:
                 return samples
-        elif iteration >= runs:
+        elif all(len(times) >= runs for times in samples.values()):
             return samples
 
 
@@ -209,7 +220,8 @@ def run_bench(paths: list[Path], cfg: BenchConfig, system: dict, say=lambda m: c
             + (f"; skipped, too long for {', '.join(skipped)}" if skipped else ""))
         if not calls:
             continue
-        for name, samples in interleaved(calls, cfg.runs, cfg.warmup, cfg.seconds).items():
+        lead_in = LEAD_IN if cfg.block > 1 else 0
+        for name, samples in interleaved(calls, cfg.runs, cfg.warmup, cfg.seconds, cfg.block, lead_in).items():
             subject, padded = meta[name]
             row = {"bundle": name, "mode": case.mode, "source": case.source, "batch": case.batch,
                    "seq": case.seq, "padded_seq": padded, **summarize(samples, case.batch)}
