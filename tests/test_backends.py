@@ -321,6 +321,17 @@ def test_openvino_records_the_device_it_actually_runs_on(tiny_classifier, ov_bun
     assert chosen.requested_device == "AUTO" and chosen.device == "CPU"
 
 
+def test_openvino_outputs_survive_the_next_call(tiny_classifier, ov_bundle):
+    # The runner lets OpenVINO share its input and output buffers (no copies); what it returns must still be
+    # the caller's own, not a view the next inference overwrites.
+    from edge_electra.backends.openvino import OpenVinoRunner
+    runner = OpenVinoRunner([Variant("model.xml")], Path(ov_bundle), "CPU", 1, "fp32", cache=False)
+    first = runner.run(tiny_classifier["feeds"])["logits"]
+    other = {name: (array + 7) % 100 for name, array in tiny_classifier["feeds"].items()}
+    assert not np.allclose(runner.run(other)["logits"], tiny_classifier["expected"], atol=1e-4)
+    np.testing.assert_allclose(first, tiny_classifier["expected"], atol=1e-4)
+
+
 def test_the_bench_shows_the_device_a_bundle_ran_on(ov_bundle):
     from edge_electra.tools.bench.harness import BenchConfig, Subject, describe
     from edge_electra.tools.bench.report import table
