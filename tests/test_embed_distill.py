@@ -75,6 +75,12 @@ def test_teacher_targets_are_mean_pooled_per_sentence_and_per_word_and_cached(se
     np.testing.assert_allclose(first.words[4 + 2], hidden[0, jazz].mean(0).numpy(), atol=2e-3)
     again = embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path)
     assert np.array_equal(again.words, first.words)
+    sentences_only = embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path, words=False)
+    assert sentences_only.words is None and np.array_equal(sentences_only.sentences, first.sentences)
+    fresh = embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path / "fresh", words=False)
+    assert fresh.words is None   # computed and cached whole, the word vectors are not kept in memory
+    assert np.array_equal(embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path / "fresh").words,
+                          first.words)
     cached[0].write_bytes(b"")   # a second call reads the cache (here: an unreadable one) instead of recomputing
     with pytest.raises(Exception):
         embed_distill.teacher_targets(str(setup / "teacher"), texts, tmp_path)

@@ -70,9 +70,9 @@ def word_pooling(word_ids: list[list[int | None]], words: int, width: int) -> to
 class TeacherTargets:
     """The teacher's view of each sentence: its mean-pooled embedding, and one vector per word (the mean of
     the word's pieces' last hidden states; zeros for a word it saw no piece of)."""
-    sentences: np.ndarray   # (N, D) fp16
-    words: np.ndarray       # (total words, D) fp16, sentence after sentence
-    offsets: np.ndarray     # (N + 1,) int64: sentence i's words are words[offsets[i]:offsets[i + 1]]
+    sentences: np.ndarray           # (N, D) fp16
+    words: np.ndarray | None        # (total words, D) fp16, sentence after sentence; None when not asked for
+    offsets: np.ndarray | None      # (N + 1,) int64: sentence i's words are words[offsets[i]:offsets[i + 1]]
 
     def words_of(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, most words, D) word vectors of these sentences, zero-padded, and their (rows, most words) mask."""
@@ -84,20 +84,23 @@ class TeacherTargets:
 
 
 def teacher_targets(source: str, texts: list[str], cache_dir: str | Path, max_length: int = 64,
-                    batch_size: int = 128, progress=None) -> TeacherTargets:
-    """The teacher's sentence and word vectors of `texts`, computed once and cached under `cache_dir`."""
+                    batch_size: int = 128, progress=None, words: bool = True) -> TeacherTargets:
+    """The teacher's sentence and (with `words`) word vectors of `texts`, both computed once and cached under
+    `cache_dir`. The word vectors are 20-odd times the sentences' size (0.8 GB for 100 000 sentences), so a
+    run that does not distil words leaves them on disk."""
     folder = resolve(source)
     path = Path(cache_dir) / f"targets-{_fingerprint(folder, texts, {'max_length': max_length})}.npz"
     if path.exists():
         log.info(f"teacher targets: cached {path}")
         with np.load(path) as cached:
-            return TeacherTargets(cached["sentences"], cached["words"], cached["offsets"])
+            return TeacherTargets(cached["sentences"], cached["words"] if words else None,
+                                  cached["offsets"] if words else None)
     teacher, _ = load_pretrained(folder, task="discriminator", labels=[], slot_labels=[])
     encoder = teacher.encoder.eval()
     tokenizer = Tokenizer.from_pretrained(folder, max_length=max_length)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with little padding
     sentences = np.zeros((len(texts), teacher.config.hidden_size), dtype=np.float16)
-    words: list[np.ndarray | None] = [None] * len(texts)
+    per_sentence: list[np.ndarray | None] = [None] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -108,16 +111,16 @@ def teacher_targets(source: str, texts: list[str], cache_dir: str | Path, max_le
             counts = [len(split_words(texts[i])) for i in rows]
             per_word = (word_pooling(enc.word_ids, max(counts), hidden.shape[1]) @ hidden).half().numpy()
             for b, (i, n) in enumerate(zip(rows, counts)):
-                words[i] = per_word[b, :n]
+                per_sentence[i] = per_word[b, :n]
             if progress is not None and (start // batch_size) % 20 == 0:
                 progress(min(start + batch_size, len(texts)), len(texts))
-    offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
-    result = TeacherTargets(sentences, np.concatenate(words), offsets)
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in per_sentence])]).astype(np.int64)
+    word_vectors = np.concatenate(per_sentence)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, sentences=result.sentences, words=result.words, offsets=result.offsets)
-    return result
+            np.savez(f, sentences=sentences, words=word_vectors, offsets=offsets)
+    return TeacherTargets(sentences, word_vectors if words else None, offsets if words else None)
 
 
 def _cosine_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -173,9 +176,10 @@ def build(cfg, student_width: int, tokenizer: Tokenizer, out: Path):
     """(EmbeddingDistillation, SentenceBatches) for a PretrainConfig with `embed_teacher` set."""
     texts = corpus_sentences(cfg.corpus, cfg.embed_sentences, cfg.seed)
     log.info(f"embedding distillation: {len(texts):,} corpus sentences, teacher {cfg.embed_teacher}")
-    targets = teacher_targets(cfg.embed_teacher, texts, cfg.embed_cache or out / "teacher_cache",
-                              progress=lambda done, total: log.info(f"teacher targets: {done:,}/{total:,}"))
     words = cfg.embed_word_weight > 0
+    targets = teacher_targets(cfg.embed_teacher, texts, cfg.embed_cache or out / "teacher_cache",
+                              progress=lambda done, total: log.info(f"teacher targets: {done:,}/{total:,}"),
+                              words=words)
     batches = SentenceBatches(texts, targets, tokenizer, cfg.embed_batch_size, cfg.embed_max_length, cfg.seed,
                               words)
     return EmbeddingDistillation(student_width, targets.sentences.shape[1], words), batches
