@@ -48,7 +48,7 @@ def remote_target(remote: str, ssh_key: str | None, ssh_option: tuple[str, ...],
 def command(bundles, out, remote, ssh_key, ssh_option, remote_python, json_only, **flags):
     """Measure latency, throughput, cold start, memory and accuracy of BUNDLES, side by side.
 
-    Bundles are timed interleaved (round-robin each iteration), end-to-end (tokenize + infer +
+    Bundles are timed interleaved (round-robin turns of --block calls each), end-to-end (tokenize + infer +
     post-process) and model-only (the runtime on pre-tokenized input), for every batch size and length.
     """
     from edge_electra.tools.bench import report
