@@ -53,6 +53,9 @@ def test_build_student_loads_the_shipped_encoder_weights(tmp_path):
     shipped = read_weights(default_encoder.folder())["electra.embeddings.word_embeddings.weight"]
     assert torch.equal(model.encoder.embeddings.word.weight.detach(), shipped.float())
     assert tokenizer.vocab_size == shipped.shape[0] and model.config.labels == ["lights_on", "time_query"]
+    assert model.config.pooling == "mean"   # the shipped encoder's config asks for it
+    chosen, _ = build_student(DistillConfig(data="unused", out=str(tmp_path), pooling="cls"), train)
+    assert chosen.config.pooling == "cls"
 
 
 def test_an_installed_wheel_carries_and_loads_the_weights(tmp_path):

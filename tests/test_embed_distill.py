@@ -10,7 +10,7 @@ from edge_electra.errors import ConfigError  # noqa: E402
 from edge_electra.runtime.tokenizer import Tokenizer  # noqa: E402
 from edge_electra.train import PretrainConfig, pretrain  # noqa: E402
 from edge_electra.train import embed_distill  # noqa: E402
-from edge_electra.train.checkpoint import save_pretrained  # noqa: E402
+from edge_electra.train.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from edge_electra.train.config import preset  # noqa: E402
 from edge_electra.train.model import Electra  # noqa: E402
 
@@ -63,7 +63,6 @@ def test_teacher_targets_are_mean_pooled_per_sentence_and_per_word_and_cached(se
     cached = list(tmp_path.glob("targets-*.npz"))
     assert first.sentences.shape == (2, 32) and first.sentences.dtype == np.float16 and len(cached) == 1
     assert first.offsets.tolist() == [0, 4, 9] and first.words.shape == (9, 32)
-    from edge_electra.train.checkpoint import load_pretrained
     teacher, _ = load_pretrained(setup / "teacher")
     enc = Tokenizer.from_pretrained(setup / "teacher")(texts[1:]).arrays()
     with torch.inference_mode():
@@ -110,6 +109,7 @@ def test_pretrain_with_the_teacher_alone_lowers_the_embedding_loss(setup, tmp_pa
     pretrain(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "rtd" not in rows[0] and "embed_word" not in rows[0] and rows[-1]["embed"] < rows[0]["embed"]
+    assert load_pretrained(tmp_path / "run" / "discriminator")[0].config.pooling == "cls"
     with pytest.raises(ConfigError):
         PretrainConfig(corpus=["x"], rtd_weight=0.0)   # nothing left to train
 
@@ -123,3 +123,5 @@ def test_pretrain_with_the_word_term_lowers_both_distillation_losses(setup, tmp_
     pretrain(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["embed_word"] < rows[0]["embed_word"] and rows[-1]["embed"] < rows[0]["embed"]
+    # every word's state was taught, so the encoder asks to be fine-tuned reading their mean
+    assert load_pretrained(tmp_path / "run" / "discriminator")[0].config.pooling == "mean"

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from edge_electra.errors import ConfigError
 from edge_electra.train.checkpoint import load_pretrained, save_pretrained
 from edge_electra.train.config import preset
 from edge_electra.train.model import Electra
@@ -57,11 +58,28 @@ def test_sequence_classification_matches(hf_folder):
         expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
         got = ours(ids, mask, types)
     assert (expected - got).abs().max() < 1e-4
+    assert ours.config.pooling == "cls"   # a config without our section reads [CLS], as transformers does
 
 
-def test_batch_one_matches_padded_batch():
+def test_mean_pooling_classifies_the_mean_of_the_real_tokens_states():
     torch.manual_seed(0)
-    model = Electra(preset("tiny", vocab_size=120, labels=list("abc"))).eval()
+    model = Electra(preset("tiny", vocab_size=120, labels=list("abc"), pooling="mean")).eval()
+    ids, mask, types = random_batch()
+    with torch.no_grad():
+        hidden = model.encoder(ids, mask, types)
+        means = torch.stack([hidden[row, :int(mask[row].sum())].mean(0) for row in range(ids.shape[0])])
+        head = model.head
+        expected = head.out(torch.nn.functional.gelu(head.dense(means)))
+        assert (model(ids, mask, types) - expected).abs().max() < 1e-5
+        assert (model(ids, mask, types) - head.out(torch.nn.functional.gelu(head.dense(hidden[:, 0])))).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="pooling"):
+        preset("tiny", pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_batch_one_matches_padded_batch(pooling):
+    torch.manual_seed(0)
+    model = Electra(preset("tiny", vocab_size=120, labels=list("abc"), pooling=pooling)).eval()
     ids, mask, types = random_batch()
     with torch.no_grad():
         batched = model(ids, mask, types)
@@ -92,22 +110,26 @@ def test_transformers_loads_what_we_save(tmp_path, task, hf_class):
     assert again.config.task == task and again.config.labels == cfg.labels
 
 
-def test_joint_model_round_trips(tmp_path):
-    cfg = preset("tiny", vocab_size=120, task="joint", labels=["a", "b"], slot_labels=["O", "B-x", "I-x"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_joint_model_round_trips(tmp_path, pooling):
+    cfg = preset("tiny", vocab_size=120, task="joint", labels=["a", "b"], slot_labels=["O", "B-x", "I-x"],
+                 pooling=pooling)
     ours = Electra(cfg).eval()
     save_pretrained(ours, tmp_path / "joint")
     again, report = load_pretrained(tmp_path / "joint")
     again.eval()
     assert report["missing"] == [] and again.config.slot_labels == cfg.slot_labels
+    assert again.config.pooling == pooling
     ids, mask, types = random_batch(seed=3)
     with torch.no_grad():
         for a, b in zip(ours(ids, mask, types), again(ids, mask, types)):
             assert torch.equal(a, b)
 
 
-def test_sdpa_attention_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_sdpa_attention_exports_to_onnx(tmp_path, pooling):
     ort = pytest.importorskip("onnxruntime")
-    model = Electra(preset("tiny", vocab_size=120, labels=list("abc"))).eval()
+    model = Electra(preset("tiny", vocab_size=120, labels=list("abc"), pooling=pooling)).eval()
     ids, mask, types = random_batch()
     path = tmp_path / "m.onnx"
     torch.onnx.export(model, (ids, mask, types), path, input_names=["input_ids", "attention_mask", "token_type_ids"],

@@ -115,6 +115,7 @@ def config_from_hf(hf: dict) -> ElectraConfig:
     # Pre-training heads have no labels; Hugging Face fills id2label with LABEL_0, LABEL_1 regardless.
     labels = [] if task in ("discriminator", "generator") else _labels(hf)
     slot_labels = extra.get("slot_labels", [])
+    pooling = extra.get("pooling", "cls")
     if task == "token":  # a token classifier's id2label holds its tags
         labels, slot_labels = [], labels
     activation = hf.get("hidden_act", "gelu")
@@ -130,7 +131,7 @@ def config_from_hf(hf: dict) -> ElectraConfig:
             max_position=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), pad_token_id=hf.get("pad_token_id", 0),
-            hidden_act=activation, task=task, labels=labels, slot_labels=slot_labels)
+            hidden_act=activation, task=task, labels=labels, slot_labels=slot_labels, pooling=pooling)
     except KeyError as e:
         raise CheckpointError(f"config.json lacks {e.args[0]!r}; is this an ELECTRA or BERT checkpoint?") from e
 
@@ -146,7 +147,7 @@ def config_to_hf(cfg: ElectraConfig) -> dict:
         "attention_probs_dropout_prob": cfg.attention_dropout, "pad_token_id": cfg.pad_token_id,
         "summary_type": "first", "summary_use_proj": True, "summary_activation": "gelu",
         "summary_last_dropout": 0.1, "position_embedding_type": "absolute",
-        "edge_electra": {"task": cfg.task, "slot_labels": cfg.slot_labels},
+        "edge_electra": {"task": cfg.task, "slot_labels": cfg.slot_labels, "pooling": cfg.pooling},
     }
     labels = cfg.slot_labels if cfg.task == "token" else cfg.labels
     if labels:

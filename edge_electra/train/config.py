@@ -11,6 +11,8 @@ Task = Literal["discriminator", "generator", "sequence", "token", "joint"]
 TASKS: tuple[str, ...] = ("discriminator", "generator", "sequence", "token", "joint")
 # The encoder's feed-forward activations this model implements, by their Hugging Face names.
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+# What the intent head reads: the [CLS] state (ELECTRA's own choice) or the mean of the real tokens' states.
+POOLINGS: tuple[str, ...] = ("cls", "mean")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ElectraConfig:
     task: Task = "sequence"
     labels: list[str] = field(default_factory=list)  # intents, for sequence and joint heads
     slot_labels: list[str] = field(default_factory=list)  # BIO tags, for token and joint heads
+    pooling: str = "cls"               # what the sequence (intent) head reads, one of POOLINGS
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -39,6 +42,8 @@ class ElectraConfig:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {list(TASKS)}")
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not implemented; choose one of {list(ACTIVATIONS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {list(POOLINGS)}")
 
     @property
     def num_labels(self) -> int:

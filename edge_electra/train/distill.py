@@ -71,6 +71,9 @@ class DistillConfig(placement.RunSettings):
         "Keep the word embeddings as initialised, so that words the training set never uses stay beside "
         "the ones it does."))
     layer_selection: Literal["even", "first"] = option_field("even", help="Which layers to keep.")
+    pooling: Literal["cls", "mean"] | None = option_field(None, help=(
+        "What the intent head reads: the [CLS] state, or the mean of the real tokens' states. Default: what the "
+        "initial checkpoint says (the shipped encoder, whose every word state was distilled: mean), else cls."))
     tokenizer: str | None = option_field(None, help="vocab.txt, tokenizer.json or folder for a fresh student.")
     unlabelled: list[str] = option_field(
         default_factory=list, help="In-domain text (one a line, or JSONL) for the teacher to label.")
@@ -137,7 +140,8 @@ def _fresh_tokenizer(cfg: DistillConfig, texts: list[str]) -> Tokenizer:
 
 def build_student(cfg: DistillConfig, train: data_io.Dataset) -> tuple[Electra, Tokenizer]:
     task = "joint" if train.slot_labels else "sequence"
-    heads = dict(task=task, labels=train.labels, slot_labels=train.slot_labels)
+    heads = dict(task=task, labels=train.labels, slot_labels=train.slot_labels,
+                 **({"pooling": cfg.pooling} if cfg.pooling else {}))
     init = default_init(cfg.init, cfg.preset, cfg.tokenizer)
     if init:
         model, report = load_pretrained(init, **heads)

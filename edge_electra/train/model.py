@@ -108,7 +108,7 @@ class DiscriminatorHead(nn.Module):
         self.out = nn.Linear(cfg.hidden_size, 1)
         self.act = ACTIVATION_FUNCTIONS[cfg.hidden_act]
 
-    def forward(self, h):
+    def forward(self, h, mask=None):
         return self.out(self.act(self.dense(h))).squeeze(-1)
 
 
@@ -122,22 +122,27 @@ class GeneratorHead(nn.Module):
         self.word_embeddings = word_embeddings
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, h):
+    def forward(self, h, mask=None):
         return F.linear(self.norm(F.gelu(self.dense(h))), self.word_embeddings.weight, self.bias)
 
 
 class SequenceHead(nn.Module):
-    """Classifies the [CLS] token."""
+    """Classifies the [CLS] token's state, or (pooling "mean") the mean of the real tokens' states."""
 
     def __init__(self, cfg: ElectraConfig, num_labels: int):
         super().__init__()
+        self.mean = cfg.pooling == "mean"
         self.dropout = nn.Dropout(cfg.dropout)
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, num_labels)
 
-    def forward(self, h):
-        x = self.dropout(h[:, 0])
-        return self.out(self.dropout(F.gelu(self.dense(x))))
+    def forward(self, h, mask=None):
+        if self.mean:
+            weights = torch.ones_like(h[..., :1]) if mask is None else mask.unsqueeze(-1).to(h.dtype)
+            pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = h[:, 0]
+        return self.out(self.dropout(F.gelu(self.dense(self.dropout(pooled)))))
 
 
 class TokenHead(nn.Module):
@@ -146,22 +151,23 @@ class TokenHead(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_size, num_labels)
 
-    def forward(self, h):
+    def forward(self, h, mask=None):
         return self.out(self.dropout(h))
 
 
 class JointHead(nn.Module):
-    """Intent from [CLS] and one slot tag per token, trained together."""
+    """An intent for the utterance and one slot tag per token, trained together."""
 
     def __init__(self, cfg: ElectraConfig):
         super().__init__()
         self.intent = SequenceHead(cfg, cfg.num_labels)
         self.slots = TokenHead(cfg, len(cfg.slot_labels))
 
-    def forward(self, h):
-        return self.intent(h), self.slots(h)
+    def forward(self, h, mask=None):
+        return self.intent(h, mask), self.slots(h)
 
 
+# Every head takes the last hidden states and the attention mask; only a mean-pooling sequence head reads it.
 HEADS = {
     "discriminator": lambda cfg, encoder: DiscriminatorHead(cfg),
     "generator": lambda cfg, encoder: GeneratorHead(cfg, encoder.embeddings.word),
@@ -200,8 +206,8 @@ class Electra(nn.Module):
         out = self.encoder(input_ids, attention_mask, token_type_ids, output_hidden_states)
         if output_hidden_states:
             hidden, states = out
-            return self.head(hidden), states
-        return self.head(out)
+            return self.head(hidden, attention_mask), states
+        return self.head(out, attention_mask)
 
     @property
     def output_names(self) -> list[str]:

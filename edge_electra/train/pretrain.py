@@ -154,8 +154,11 @@ def generator_origin(cfg: PretrainConfig) -> str:
 def build(cfg: PretrainConfig, rt: placement.Runtime | None = None) -> tuple[Electra, Electra, Tokenizer]:
     """(discriminator, generator, tokenizer) from `init` or from scratch; `rt`: the processes it is built in."""
     say = rt.log if rt is not None else logger.info
+    # Word-level distillation teaches every token's state, and such an encoder is read best through their mean
+    # (benchmarks/training.md §9, §10): its config says so, and fine-tuning follows it.
+    reading = {"pooling": "mean"} if cfg.embed_teacher and cfg.embed_word_weight > 0 else {}
     if cfg.init:
-        discriminator, report = load_pretrained(cfg.init, task="discriminator", labels=[], slot_labels=[])
+        discriminator, report = load_pretrained(cfg.init, task="discriminator", labels=[], slot_labels=[], **reading)
         tokenizer = load_tokenizer(cfg.tokenizer or report["source"])
         if tokenizer.vocab_size != discriminator.config.vocab_size:
             raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but {cfg.init} expects "
@@ -168,7 +171,7 @@ def build(cfg: PretrainConfig, rt: placement.Runtime | None = None) -> tuple[Ele
             tokenizer = trained_tokenizer(read_text_lines(cfg.corpus), cfg.vocab_size, cfg.out, cfg.resume, rt)
         shape = model_preset(cfg.preset, **({"num_layers": cfg.num_layers} if cfg.num_layers else {}))
         discriminator = Electra(shape.replace(vocab_size=tokenizer.vocab_size, task="discriminator",
-                                              max_position=max(shape.max_position, cfg.seq_len)))
+                                              max_position=max(shape.max_position, cfg.seq_len), **reading))
     if cfg.seq_len > discriminator.config.max_position:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's {discriminator.config.max_position} positions")
     generator = Electra(discriminator.config.generator(cfg.generator_ratio))
