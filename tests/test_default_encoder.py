@@ -58,7 +58,7 @@ def test_build_student_loads_the_shipped_encoder_weights(tmp_path):
     assert chosen.config.pooling == "cls"
 
 
-def test_an_installed_wheel_carries_and_loads_the_weights(tmp_path):
+def test_an_installed_wheel_carries_and_loads_the_weights_and_the_demo_templates(tmp_path):
     pytest.importorskip("torch")
     # Built from a clean copy: an in-tree build/ left by an earlier build would carry files the config forgets.
     source = tmp_path / "source"
@@ -77,10 +77,12 @@ def test_an_installed_wheel_carries_and_loads_the_weights(tmp_path):
             "from edge_electra import default_encoder; "
             "from edge_electra.train.checkpoint import load_pretrained; "
             "model, _ = load_pretrained(default_encoder.folder(), task='sequence', labels=['a', 'b']); "
-            "print(default_encoder.FOLDER); print(model.num_parameters())")
+            "print(default_encoder.FOLDER); print(model.num_parameters()); "
+            "from edge_electra.tools import builtin_data; print(builtin_data.__file__, len(builtin_data.examples()))")
     run = subprocess.run([sys.executable, "-I", "-c", code, str(target)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    folder, parameters = run.stdout.split()
+    folder, parameters, templates_module, utterances = run.stdout.split()
     assert Path(folder).is_relative_to(target) and not Path(folder).is_relative_to(ROOT)
     assert int(parameters) > 1_000_000
+    assert Path(templates_module).is_relative_to(target) and int(utterances) == 3350
