@@ -26,6 +26,7 @@ from edge_electra.data import read_text_lines, split_words
 from edge_electra.errors import ConfigError
 from edge_electra.runtime.tokenizer import Tokenizer
 from edge_electra.train.checkpoint import load_pretrained, resolve
+from edge_electra.train.model import mean_pooled
 from edge_electra.train.teacher import _fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,6 @@ def corpus_sentences(paths: list[str], count: int, seed: int = 0, max_words: int
                 if len(chosen) == count:
                     return chosen
     return chosen
-
-
-def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask[..., None].to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def word_pooling(word_ids: list[list[int | None]], words: int, width: int) -> torch.Tensor:

@@ -126,6 +126,12 @@ class GeneratorHead(nn.Module):
         return F.linear(self.norm(F.gelu(self.dense(h))), self.word_embeddings.weight, self.bias)
 
 
+def mean_pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's mean over its real tokens (mask 1)."""
+    weights = mask[..., None].to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
 class SequenceHead(nn.Module):
     """Classifies the [CLS] token's state, or (pooling "mean") the mean of the real tokens' states."""
 
@@ -138,8 +144,7 @@ class SequenceHead(nn.Module):
 
     def forward(self, h, mask=None):
         if self.mean:
-            weights = torch.ones_like(h[..., :1]) if mask is None else mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = mean_pooled(h, torch.ones(h.shape[:2], device=h.device) if mask is None else mask)
         else:
             pooled = h[:, 0]
         return self.out(self.dropout(F.gelu(self.dense(self.dropout(pooled)))))
