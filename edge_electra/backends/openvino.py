@@ -114,7 +114,7 @@ class OpenVinoRunner:
 
     def _infer(self, model, feeds) -> list[np.ndarray]:
         compiled, request, _ = model
-        # Sharing skips OpenVINO's copies in and out (0.9 → 0.6 ms a call for the demo's model, benchmarks/
+        # Sharing skips OpenVINO's copies in and out (a call of the demo's model: 0.82 → 0.59 ms, benchmarks/
         # latency.md); the outputs are views of the request's buffers, so they are copied before the next call.
         results = request.infer(feeds, share_inputs=True, share_outputs=True)
         if self._profile is not None:

@@ -103,9 +103,10 @@ def interleaved(calls: dict[str, list[Callable[[], object]]], runs: int, warmup:
     while True:
         for name in names[turn % len(names):] + names[:turn % len(names)]:
             fns, done = calls[name], len(samples[name])
+            timed = block if seconds is not None else min(block, runs - done)
             for k in range(done, done + lead_in):
                 fns[k % len(fns)]()
-            for k in range(done, done + (block if seconds is not None else min(block, runs - done))):
+            for k in range(done, done + timed):
                 t0 = time.perf_counter_ns()
                 fns[k % len(fns)]()
                 samples[name].append(time.perf_counter_ns() - t0)
